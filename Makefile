@@ -1,0 +1,70 @@
+# Dream Forge developer workflow. Targets follow Masters 10 §3; tools run from ./.venv.
+# torch is installed with pip before the rest: uv does not see the CPU wheel our machines carry
+# and would resolve a multi-GB CUDA build. On a CUDA box: make install TORCH_SPEC='torch>=2.4'.
+
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+COMPOSE := docker compose -f compose/docker-compose.yml
+
+.PHONY: install uv-sync lint fmt type test openapi demo serve up down logs migrate-head migrate-rev run-api run-worker clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check '$(TORCH_SPEC)' 'uv>=0.4'
+	$(BIN)/uv pip install -q --python $(PY) -c constraints.txt -e '.[worker,dev]'
+	touch $(STAMP)
+
+uv-sync: install
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+type: install
+	$(BIN)/mypy
+
+test: install
+	$(BIN)/pytest -q
+
+openapi: install
+	$(PY) scripts/export_openapi.py --out docs/openapi/openapi.v1.json
+
+demo: install
+	$(BIN)/dreamforge demo
+
+serve: install
+	$(BIN)/dreamforge serve
+
+run-api: install
+	$(BIN)/uvicorn dreamforge.api.asgi:app --host 127.0.0.1 --port 8001 --reload
+
+run-worker: install
+	@echo "The embedded topology runs its worker inside 'make serve'; Celery workers arrive with the distributed topology." >&2
+	@exit 2
+
+migrate-head: install
+	$(BIN)/alembic upgrade head
+
+migrate-rev: install
+	$(BIN)/alembic revision --autogenerate -m "$(m)"
+
+up:
+	$(COMPOSE) up -d
+
+down:
+	$(COMPOSE) down -v
+
+logs:
+	$(COMPOSE) logs -f --tail=200 api worker
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The HTTP API: routers, the request/response contract, error mapping and SSE."""

@@ -1,0 +1,50 @@
+"""The FastAPI application: routers under `/v1`, error mapping, request ids and lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from dreamforge import __version__
+from dreamforge.api.errors import install_error_handlers
+from dreamforge.api.middleware import RequestIdMiddleware
+from dreamforge.api.routes import files, jobs, models
+from dreamforge.config import Settings
+from dreamforge.runtime import Runtime, build_runtime
+
+DESCRIPTION = (
+    "API-first media generation service. Create a job, follow it with the SSE progress stream, "
+    "and fetch its images (recipe embedded) through expiring URLs. Every error body is an ErrorResponse."
+)
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """Build the app; without `runtime` it wires one from `settings` on startup."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = (
+            runtime if runtime is not None else await run_in_threadpool(build_runtime, settings or Settings())
+        )
+        app.state.runtime = rt
+        await run_in_threadpool(rt.start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(rt.close)
+
+    app = FastAPI(
+        title="Dream Forge API",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        servers=[{"url": "/", "description": "This server; paths carry the /v1 prefix"}],
+    )
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+    for router in (jobs.router, models.router, files.router):
+        app.include_router(router, prefix="/v1")
+    return app

@@ -1,0 +1,118 @@
+"""Every error leaves the API as an `ErrorResponse` whose `correlation_id` is the request id."""
+
+from __future__ import annotations
+
+import logging
+from contextvars import ContextVar
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dreamforge.api.schemas import ErrorResponse
+from dreamforge.jobs.service import IdempotencyConflict, UnknownProvider
+from dreamforge.registry.selection import ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+class ApiError(Exception):
+    """An error with its HTTP status and stable code, raised by routes."""
+
+    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> JSONResponse:
+    """A JSON `ErrorResponse` carrying the current request id."""
+    rid = request_id_var.get()
+    body = ErrorResponse(code=code, message=message, details=details or {}, correlation_id=rid)
+    headers = {REQUEST_ID_HEADER: rid} if rid else None
+    return JSONResponse(status_code=status, content=jsonable_encoder(body), headers=headers)
+
+
+def not_found(what: str, ident: object) -> ApiError:
+    """A 404 for a missing resource."""
+    return ApiError(404, "not_found", f"{what} {ident} not found", {"resource": what, "id": str(ident)})
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _validation_details(exc: RequestValidationError) -> dict[str, Any]:
+    errors = []
+    for err in exc.errors():
+        errors.append(
+            {
+                "loc": [str(p) for p in err.get("loc", ())],
+                "field": ".".join(str(p) for p in err.get("loc", ())[1:]) or None,
+                "msg": err.get("msg"),
+                "type": err.get("type"),
+            }
+        )
+    return {"errors": errors}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map framework and domain exceptions to `ErrorResponse`s."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = _validation_details(exc)
+        first = details["errors"][0] if details["errors"] else {}
+        where = first.get("field") or ".".join(first.get("loc", [])) or "request"
+        message = f"invalid request: {where}: {first.get('msg', 'invalid value')}"
+        if len(details["errors"]) > 1:
+            message += f" (and {len(details['errors']) - 1} more)"
+        return error_response(422, "validation_error", message, details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        message = str(exc.detail) if exc.detail else code.replace("_", " ")
+        return error_response(exc.status_code, code, message)
+
+    @app.exception_handler(IdempotencyConflict)
+    async def _idem(_: Request, exc: IdempotencyConflict) -> JSONResponse:
+        return error_response(
+            409, "idempotency_key_reused", str(exc), {"idempotency_key": exc.key, "job_id": str(exc.job_id)}
+        )
+
+    @app.exception_handler(ModelUnavailable)
+    async def _model(_: Request, exc: ModelUnavailable) -> JSONResponse:
+        details: dict[str, Any] = {"field": "model_id", "reason": exc.reason}
+        if exc.model_id is not None:
+            details["model_id"] = str(exc.model_id)
+        code = "no_model_installed" if exc.reason == "none" else "model_unavailable"
+        return error_response(422, code, str(exc), details)
+
+    @app.exception_handler(UnknownProvider)
+    async def _provider(_: Request, exc: UnknownProvider) -> JSONResponse:
+        return error_response(
+            422, "unknown_provider", str(exc), {"field": "provider", "provider": exc.provider}
+        )

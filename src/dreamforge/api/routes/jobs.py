@@ -1,0 +1,236 @@
+"""`/v1/jobs`: create, read, artifacts, logs, progress and the SSE stream."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from dreamforge.api.deps import BaseUrlDep, RuntimeDep, SessionDep
+from dreamforge.api.errors import ApiError, not_found
+from dreamforge.api.schemas import (
+    ArtifactListResponse,
+    ErrorResponse,
+    JobCreatedResponse,
+    JobCreateRequest,
+    JobStatusResponse,
+    JobSummaryRef,
+    LogEvent,
+    ProgressResponse,
+)
+from dreamforge.api.sse import stream_job_events
+from dreamforge.api.views import artifact_view, job_view, progress_view
+from dreamforge.db.tables import Job
+from dreamforge.events.repository import log_events
+from dreamforge.jobs import repository as jobs_repo
+from dreamforge.jobs.service import create_job, find_replay, request_fingerprint
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+_ERR = {"model": ErrorResponse}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {**_ERR, "description": "Not found"}}
+INVALID: dict[int | str, dict[str, Any]] = {422: {**_ERR, "description": "Validation error"}}
+IdPath = Annotated[uuid.UUID, "job id"]
+
+
+def _load_job(session: Session, job_id: uuid.UUID) -> Job:
+    job = jobs_repo.get_job(session, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    return job
+
+
+def _created(job: Job) -> JobCreatedResponse:
+    return JobCreatedResponse(
+        job=JobSummaryRef(id=job.id, status=job.status, type="generate", created_at=job.created_at)
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobCreatedResponse,
+    operation_id="createJob",
+    summary="Create a job (generate)",
+    responses={
+        409: {**_ERR, "description": "Idempotency conflict"},
+        **INVALID,
+        503: {**_ERR, "description": "Infra unavailable"},
+    },
+)
+def create(
+    body: JobCreateRequest,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="Same key and body return the same job; same key, other body is 409.",
+        ),
+    ] = None,
+) -> JSONResponse:
+    """Accept a generate job; it runs asynchronously, follow it with the progress stream."""
+    try:
+        job, created = create_job(
+            session, body, idempotency_key, default_model=runtime.settings.default_model
+        )
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same key committed first: answer with its job.
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        replay = find_replay(session, idempotency_key, request_fingerprint(body))
+        if replay is None:
+            raise
+        job, created = replay, False
+    if created:
+        runtime.dispatcher.dispatch(job.id)
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(status_code=202, content=_created(job).model_dump(mode="json"), headers=headers)
+
+
+@router.get(
+    "/{id}",
+    response_model=JobStatusResponse,
+    operation_id="getJob",
+    summary="Get job status",
+    responses={**NOT_FOUND, **INVALID},
+)
+def get(id: uuid.UUID, session: SessionDep) -> JobStatusResponse:
+    """A job's status, item counts and, when it failed, why."""
+    return job_view(_load_job(session, id))
+
+
+@router.get(
+    "/{id}/artifacts",
+    response_model=ArtifactListResponse,
+    operation_id="listArtifacts",
+    summary="List artifacts for a job",
+    responses={**NOT_FOUND, **INVALID},
+)
+def artifacts(
+    id: uuid.UUID, session: SessionDep, runtime: RuntimeDep, base_url: BaseUrlDep
+) -> ArtifactListResponse:
+    """The job's stored images, each with a signed URL valid until `expires_at`."""
+    _load_job(session, id)
+    rows = jobs_repo.list_artifacts(session, id)
+    return ArtifactListResponse(artifacts=[artifact_view(r, runtime.store, base_url) for r in rows])
+
+
+@router.get(
+    "/{id}/logs",
+    operation_id="getLogs",
+    summary="Stream job logs as NDJSON (polling)",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "NDJSON stream (one JSON object per line)",
+            "content": {
+                "application/x-ndjson": {
+                    "schema": {"type": "string", "description": "NDJSON lines of LogEvent"}
+                }
+            },
+        },
+        **NOT_FOUND,
+        **INVALID,
+    },
+)
+def logs(
+    id: uuid.UUID,
+    session: SessionDep,
+    tail: Annotated[int | None, Query(ge=1, le=10000, description="Return last N lines")] = None,
+    since_ts: Annotated[datetime | None, Query(description="Return logs at or after this timestamp")] = None,
+) -> Response:
+    """The job's log lines as NDJSON, oldest first; poll with `since_ts` for new ones."""
+    _load_job(session, id)
+    if since_ts is not None and since_ts.tzinfo is None:
+        since_ts = since_ts.replace(tzinfo=UTC)
+    rows = log_events(session, id, tail=tail, since=since_ts)
+    lines = [
+        LogEvent(
+            id=r.id,
+            ts=r.ts,
+            level=r.data.get("level", "info"),
+            message=r.data.get("message", ""),
+            item_index=r.item_index,
+            job_id=r.job_id,
+        ).model_dump_json()
+        for r in rows
+    ]
+    body = "".join(line + "\n" for line in lines)
+    return Response(content=body, media_type="application/x-ndjson")
+
+
+@router.get(
+    "/{id}/progress",
+    response_model=ProgressResponse,
+    operation_id="getProgress",
+    summary="Get aggregated progress for a job",
+    responses={**NOT_FOUND, **INVALID},
+)
+def progress(id: uuid.UUID, session: SessionDep) -> ProgressResponse:
+    """Overall and per-item progress, with the stage weights behind them."""
+    job = _load_job(session, id)
+    return progress_view(job, list(jobs_repo.get_items(session, id)))
+
+
+@router.get(
+    "/{id}/progress/stream",
+    operation_id="streamProgress",
+    summary="Server-Sent Events stream of progress and logs",
+    response_class=Response,
+    responses={
+        200: {
+            "description": (
+                "SSE stream. Events: `status`, `progress`, `log`, `artifact`, `error`, and a final `done` "
+                "with the terminal status. Each has an `id`; without `Last-Event-ID` the job's whole "
+                "history is replayed first; with it, the stream resumes right after that event."
+            ),
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string", "description": "SSE events: progress, log, artifact, error"}
+                }
+            },
+        },
+        **NOT_FOUND,
+        **INVALID,
+    },
+)
+async def stream(
+    id: uuid.UUID,
+    request: Request,
+    runtime: RuntimeDep,
+    base_url: BaseUrlDep,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", description="Resume after this event id")
+    ] = None,
+) -> Response:
+    """Live events of a job: full history first (or from `Last-Event-ID`), then live, until `done`."""
+    after = 0
+    if last_event_id is not None and last_event_id.strip():
+        try:
+            after = int(last_event_id)
+        except ValueError:
+            raise ApiError(
+                422,
+                "validation_error",
+                "Last-Event-ID must be an event id from this stream",
+                {"field": "Last-Event-ID", "value": last_event_id},
+            ) from None
+    return await stream_job_events(request, runtime, id, after, base_url)
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))

@@ -1,0 +1,49 @@
+"""`/v1/models`: the installed checkpoints jobs can use."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from dreamforge.api.deps import SessionDep
+from dreamforge.api.errors import not_found
+from dreamforge.api.routes.jobs import INVALID, NOT_FOUND
+from dreamforge.api.schemas import ModelDescriptor, ModelListResponse
+from dreamforge.api.views import model_descriptor, model_summary
+from dreamforge.registry import repository as models_repo
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+@router.get(
+    "",
+    response_model=ModelListResponse,
+    operation_id="listModels",
+    summary="List enabled models",
+    responses=INVALID,
+)
+def list_models(
+    session: SessionDep,
+    enabled: Annotated[bool, Query(description="true: enabled models; false: disabled ones")] = True,
+) -> ModelListResponse:
+    """Installed models, newest first; enabled ones unless `enabled=false`."""
+    return ModelListResponse(
+        models=[model_summary(m) for m in models_repo.list_models(session, enabled=enabled)]
+    )
+
+
+@router.get(
+    "/{id}",
+    response_model=ModelDescriptor,
+    operation_id="getModel",
+    summary="Get model descriptor",
+    responses={**NOT_FOUND, **INVALID},
+)
+def get_model(id: uuid.UUID, session: SessionDep) -> ModelDescriptor:
+    """One model with its capabilities and provenance."""
+    row = models_repo.get_model(session, id)
+    if row is None:
+        raise not_found("model", id)
+    return model_descriptor(row)

@@ -1,0 +1,225 @@
+"""The v1 contract: every request and response body of the API, as pydantic models."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_PROVIDER = "local-sdxl-epicrealism"
+
+
+class JobStatus(StrEnum):
+    """Lifecycle states of a job."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class Scheduler(StrEnum):
+    """Samplers a job can ask for."""
+
+    dpmpp_2m_karras = "dpmpp_2m_karras"
+    unipc = "unipc"
+
+
+class ImageFormat(StrEnum):
+    """Encodings for artifacts."""
+
+    png = "png"
+    jpg = "jpg"
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer."""
+
+    code: str = Field(description="Stable, machine-readable error code, e.g. `validation_error`.")
+    message: str = Field(description="What went wrong, for a person.")
+    details: dict[str, Any] = Field(default_factory=dict, description="Structured context for the error.")
+    correlation_id: str | None = Field(default=None, description="Equals the response's `X-Request-Id`.")
+
+
+class JobCreateRequest(BaseModel):
+    """A request to generate `count` images from a prompt.
+
+    If `seed` is omitted, each item gets a fresh random seed right before its generation begins.
+    If `seed` is given, item 0 uses it exactly and later items get fresh random seeds (MVP behaviour);
+    every item's seed is reported on its artifact and embedded in the image.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["generate"]
+    provider: str = Field(default=DEFAULT_PROVIDER, max_length=100)
+    prompt: str = Field(min_length=1, max_length=4096)
+    negative_prompt: str | None = Field(default=None, max_length=4096)
+    width: int = Field(ge=64, le=4096, description="Pixels; a multiple of 8.")
+    height: int = Field(ge=64, le=4096, description="Pixels; a multiple of 8.")
+    steps: int = Field(default=30, ge=1, le=200)
+    guidance: float = Field(default=7.0, ge=0, le=50)
+    scheduler: Scheduler = Scheduler.dpmpp_2m_karras
+    format: ImageFormat = ImageFormat.png
+    embed_metadata: bool = True
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    count: int = Field(default=1, ge=1, le=100)
+    model_id: uuid.UUID | None = None
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        # The SDXL VAE works on 8x8 pixel cells; other sizes would be silently cropped.
+        if value % 8:
+            raise ValueError(
+                f"must be a multiple of 8 (nearest: {value - value % 8} or {value - value % 8 + 8})"
+            )
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must contain non-whitespace text")
+        return value
+
+
+class JobSummaryRef(BaseModel):
+    """The job as returned right after creation."""
+
+    id: uuid.UUID
+    status: JobStatus
+    type: Literal["generate"]
+    created_at: datetime
+
+
+class JobCreatedResponse(BaseModel):
+    """Answer to `POST /jobs`."""
+
+    job: JobSummaryRef
+
+
+class JobStep(BaseModel):
+    """One step of a job's recipe (MVP: a single `generate` step)."""
+
+    name: str
+    status: str
+
+
+class JobCounts(BaseModel):
+    """How many items the job has and how many are done."""
+
+    count: int
+    completed: int
+
+
+class JobError(BaseModel):
+    """Why a job failed."""
+
+    code: str
+    message: str
+
+
+class JobStatusResponse(BaseModel):
+    """A job's current state."""
+
+    id: uuid.UUID
+    type: str
+    status: JobStatus
+    created_at: datetime
+    updated_at: datetime
+    steps: list[JobStep] = Field(default_factory=list)
+    summary: JobCounts
+    model_id: uuid.UUID | None = None
+    attempts: int = Field(default=0, description="How many times a worker has started this job.")
+    error: JobError | None = Field(default=None, description="Set when `status` is `failed`.")
+
+
+class Artifact(BaseModel):
+    """One stored image of a job."""
+
+    id: uuid.UUID
+    format: ImageFormat
+    width: int
+    height: int
+    seed: int | None = None
+    item_index: int
+    s3_key: str
+    url: str | None = Field(default=None, description="Signed URL for a GET; valid until `expires_at`.")
+    expires_at: datetime | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    content_type: str | None = None
+
+
+class ArtifactListResponse(BaseModel):
+    """Answer to `GET /jobs/{id}/artifacts`."""
+
+    artifacts: list[Artifact]
+
+
+class ProgressItem(BaseModel):
+    """Progress of one item of the batch."""
+
+    item_index: int
+    progress: float = Field(ge=0, le=1)
+    status: str | None = None
+    seed: int | None = None
+
+
+class Stage(BaseModel):
+    """A stage of an item's work and its share of the item's progress."""
+
+    name: str
+    weight: float
+
+
+class ProgressResponse(BaseModel):
+    """Aggregated progress: overall, per item, and the stage weights behind it."""
+
+    progress: float = Field(ge=0, le=1)
+    status: JobStatus | None = None
+    items: list[ProgressItem] = Field(default_factory=list)
+    stages: list[Stage] = Field(default_factory=list)
+
+
+class LogEvent(BaseModel):
+    """One log line of a job (a line of the NDJSON log stream)."""
+
+    id: int
+    ts: datetime
+    level: Literal["debug", "info", "warning", "error"]
+    message: str
+    item_index: int | None = None
+    job_id: uuid.UUID
+
+
+class ModelSummary(BaseModel):
+    """An installed model."""
+
+    id: uuid.UUID
+    name: str
+    kind: Literal["sdxl-checkpoint", "remote-api"]
+    version: str | None = None
+    installed: bool
+    enabled: bool
+    parameters_schema: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelDescriptor(ModelSummary):
+    """A model with its capabilities and provenance."""
+
+    capabilities: list[str] = Field(default_factory=list)
+    source: str | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+    note: str | None = None
+
+
+class ModelListResponse(BaseModel):
+    """Answer to `GET /models`."""
+
+    models: list[ModelSummary]

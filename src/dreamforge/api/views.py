@@ -1,0 +1,105 @@
+"""Turn rows into the contract's response models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dreamforge.api.schemas import (
+    Artifact,
+    JobCounts,
+    JobError,
+    JobStatus,
+    JobStatusResponse,
+    JobStep,
+    ModelDescriptor,
+    ModelSummary,
+    ProgressItem,
+    ProgressResponse,
+    Stage,
+)
+from dreamforge.db import tables
+from dreamforge.jobs.state import STAGES
+from dreamforge.storage.base import ArtifactStore
+
+TINY_NOTE = "random weights: images are noise, for tests and demos only"
+
+
+def job_view(job: tables.Job) -> JobStatusResponse:
+    """A job's status document."""
+    error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
+    return JobStatusResponse(
+        id=job.id,
+        type=job.type,
+        status=JobStatus(job.status),
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        steps=[JobStep(name="generate", status=job.status)],
+        summary=JobCounts(count=job.count, completed=job.completed),
+        model_id=job.model_id,
+        attempts=job.attempts,
+        error=error,
+    )
+
+
+def artifact_view(row: tables.Artifact, store: ArtifactStore, base_url: str) -> Artifact:
+    """An artifact with a freshly signed URL."""
+    signed = store.signed_url(row.s3_key, base_url)
+    return Artifact(
+        id=row.id,
+        format=row.format,
+        width=row.width,
+        height=row.height,
+        seed=row.seed,
+        item_index=row.item_index,
+        s3_key=row.s3_key,
+        url=signed.url,
+        expires_at=signed.expires_at,
+        size_bytes=row.size_bytes,
+        sha256=row.sha256,
+        content_type=row.content_type,
+    )
+
+
+def progress_view(job: tables.Job, items: list[tables.JobItem]) -> ProgressResponse:
+    """Overall progress is the mean of the items'; a succeeded job is exactly 1."""
+    views = [
+        ProgressItem(item_index=i.item_index, progress=min(1.0, i.progress), status=i.status, seed=i.seed)
+        for i in items
+    ]
+    overall = (
+        1.0
+        if job.status == JobStatus.succeeded
+        else (sum(v.progress for v in views) / len(views) if views else 0.0)
+    )
+    return ProgressResponse(
+        progress=round(overall, 4),
+        status=JobStatus(job.status),
+        items=views,
+        stages=[Stage(name=n, weight=w) for n, w in STAGES],
+    )
+
+
+def model_summary(row: tables.Model) -> ModelSummary:
+    """The list form of a model."""
+    return ModelSummary(
+        id=row.id,
+        name=row.name,
+        kind=row.kind,
+        version=row.version,
+        installed=row.installed,
+        enabled=row.enabled,
+        parameters_schema=row.parameters_schema or {},
+    )
+
+
+def model_descriptor(row: tables.Model) -> ModelDescriptor:
+    """The detailed form of a model."""
+    base: dict[str, Any] = model_summary(row).model_dump()
+    return ModelDescriptor(
+        **base,
+        capabilities=list(row.capabilities or []),
+        source=row.source,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        note=TINY_NOTE if row.is_tiny else None,
+    )

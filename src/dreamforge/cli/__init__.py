@@ -1,0 +1,1 @@
+"""The `dreamforge` command line (Typer + Rich)."""

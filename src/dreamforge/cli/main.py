@@ -1,0 +1,122 @@
+"""`dreamforge`: serve the API, try it with a demo, manage local models."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from dreamforge.config import Settings
+
+app = typer.Typer(
+    name="dreamforge",
+    help="Dream Forge: an API-first render fabric. Exit codes: 0 ok, 1 error, 2 usage error.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(help="Manage installed models.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+err = Console(stderr=True)
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (DF_HOST, default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (DF_PORT, default 8001).")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
+) -> None:
+    """Run the API with its in-process worker (embedded topology); migrates the database first."""
+    import uvicorn
+
+    from dreamforge.api.app import create_app
+
+    _configure_logging(verbose)
+    settings = Settings()
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level="debug" if verbose else "info",
+        timeout_graceful_shutdown=5,
+    )
+
+
+@app.command()
+def demo(
+    prompt: Annotated[str, typer.Option(help="What to render.")] = "a lighthouse on a cliff at dawn, photo",
+    size: Annotated[int, typer.Option(help="Width and height in pixels (multiple of 8).")] = 128,
+    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 8,
+) -> None:
+    """Render one image end to end through the HTTP API (creates the tiny model if none is installed)."""
+    from dreamforge.cli.demo import run_demo
+
+    _configure_logging(False)
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("dreamforge").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # transformers warns once about optional torchvision image processors SDXL never uses.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    raise typer.Exit(run_demo(Settings(), prompt=prompt, size=size, steps=steps, console=err))
+
+
+@model_app.command("create-tiny")
+def create_tiny(
+    name: Annotated[str, typer.Option(help="Registry name for the model.")] = "tiny-sdxl",
+    single_file: Annotated[
+        bool,
+        typer.Option("--single-file", help="Write one original-layout .safetensors plus a config folder."),
+    ] = False,
+) -> None:
+    """Build a tiny SDXL-architecture model with RANDOM weights (its images are noise) and enable it.
+
+    It loads through the same code path as a real checkpoint, for tests and demos without downloads.
+    """
+    from dreamforge.db.migrate import upgrade_to_head
+    from dreamforge.db.session import create_db_engine, make_session_factory, transaction
+    from dreamforge.registry.install import ModelNameTaken, create_tiny_model
+
+    settings = Settings()
+    settings.ensure_dirs()
+    upgrade_to_head(settings.database_url)
+    engine = create_db_engine(settings.database_url)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            model = create_tiny_model(session, settings.models_dir, name, single_file=single_file)
+            out = {
+                "id": str(model.id),
+                "name": model.name,
+                "layout": model.layout,
+                "path": model.path,
+                "sha256": model.sha256,
+                "note": "random weights: images are noise, for tests and demos only",
+            }
+    except ModelNameTaken as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    typer.echo(json.dumps(out, indent=2))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,83 @@
+"""Service configuration, read from `DF_*` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of one Dream Forge process; the topology follows from these values alone."""
+
+    model_config = SettingsConfigDict(env_prefix="DF_", env_file=".env", extra="ignore")
+
+    api_base: str = "http://localhost:8001/v1"
+    host: str = "127.0.0.1"
+    port: int = 8001
+
+    data_dir: Path = Path("./var")
+    # Empty means the embedded default: SQLite in data_dir.
+    db_url: str = ""
+    redis_url: str = ""
+    models_root: Path | None = None
+
+    minio_endpoint: str = ""
+    minio_access_key: str = ""
+    minio_secret_key: str = ""
+    minio_bucket: str = "dreamforge"
+
+    # Lifetime of artifact URLs (local signed URLs and S3 presigned URLs).
+    artifact_url_ttl_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    # Secret for local artifact URL signatures; generated once into data_dir when unset.
+    signing_secret: str = ""
+
+    # A job interrupted by a crash is run again at most this many times in total.
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    default_model: str = ""
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    # Trade speed for VRAM on small GPUs (diffusers' model CPU offload).
+    cpu_offload: bool = False
+
+    # Seconds between SSE keep-alive comments while a job is idle.
+    sse_ping_seconds: float = Field(default=15.0, gt=0)
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL: `DF_DB_URL`, or SQLite inside the data directory."""
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{(self.data_dir / 'dreamforge.db').resolve()}"
+
+    @property
+    def models_dir(self) -> Path:
+        """Where installed models live (`DF_MODELS_ROOT`, default `<data_dir>/models`)."""
+        return self.models_root if self.models_root is not None else self.data_dir / "models"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Root of the local artifact store."""
+        return self.data_dir / "artifacts"
+
+    @cached_property
+    def url_signing_key(self) -> bytes:
+        """The HMAC key for local artifact URLs, persisted so URLs survive a restart."""
+        if self.signing_secret:
+            return self.signing_secret.encode()
+        path = self.data_dir / ".signing-key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip().encode()
+
+    def ensure_dirs(self) -> None:
+        """Create the data, models and artifacts directories."""
+        for d in (self.data_dir, self.models_dir, self.artifacts_dir):
+            d.mkdir(parents=True, exist_ok=True)

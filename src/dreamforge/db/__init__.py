@@ -1,0 +1,1 @@
+"""Persistence: tables, sessions and migrations (SQLAlchemy 2 + Alembic)."""

@@ -1,0 +1,1 @@
+"""Engines: provider adapters that turn a recipe into pixels (SDXL on diffusers)."""

@@ -1,0 +1,66 @@
+"""What the job runner needs from an engine (a provider adapter), independent of torch."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a checkpoint lives and how to load it."""
+
+    id: uuid.UUID
+    name: str
+    layout: str  # "diffusers" or "single_file"
+    path: str
+    config_path: str | None
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    """One image to render."""
+
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    scheduler: str
+    seed: int
+
+
+# Called after each denoising step with (steps done, total steps).
+StepCallback = Callable[[int, int], None]
+
+
+class EngineError(Exception):
+    """A render failed for a reason a user can act on; `code` is stable."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Engine(Protocol):
+    """Renders images from a model; keeps what it loaded warm between calls."""
+
+    def load(self, model: ModelSpec) -> float:
+        """Make `model` ready; returns seconds spent loading (0 when already warm)."""
+        ...
+
+    def render(self, model: ModelSpec, request: RenderRequest, on_step: StepCallback) -> Image.Image:
+        """Render one image with the request's seed, reporting each step."""
+        ...
+
+    def runtime_info(self) -> dict[str, str]:
+        """Library versions, device, dtype and RNG device, for the recipe."""
+        ...

@@ -1,0 +1,1 @@
+"""Job lifecycle: the state machine, idempotent creation, queries and dispatch."""

@@ -1,0 +1,92 @@
+"""Status changes of a job and the events that go with them; used by every runner.
+
+Functions stage changes in the caller's session; the caller commits, then publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from dreamforge.api.schemas import JobStatus
+from dreamforge.db.tables import Job, utcnow
+from dreamforge.events.kinds import EventKind
+from dreamforge.events.repository import add_event
+from dreamforge.jobs import repository as jobs_repo
+from dreamforge.jobs.state import check_transition
+
+log = logging.getLogger(__name__)
+
+
+def log_event(
+    session: Session, job_id: uuid.UUID, level: str, message: str, item_index: int | None = None
+) -> None:
+    """Stage a log event and mirror it to the process log."""
+    log.log(logging.getLevelNamesMapping()[level.upper()], "job %s: %s", job_id, message)
+    data: dict[str, Any] = {"level": level, "message": message}
+    if item_index is not None:
+        data["item_index"] = item_index
+    add_event(session, job_id, EventKind.log, data, item_index)
+
+
+def finish_job(
+    session: Session,
+    job: Job,
+    status: JobStatus,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> None:
+    """Stage a terminal transition with its error, log and `done` events."""
+    check_transition(job.status, status)
+    now = utcnow()
+    job.status = status.value
+    job.finished_at = now
+    job.updated_at = now
+    error = None
+    if status is JobStatus.failed:
+        job.error_code = error_code
+        job.error_message = error_message
+        error = {"code": error_code, "message": error_message}
+        add_event(session, job.id, EventKind.error, error)
+        log_event(session, job.id, "error", f"job failed: [{error_code}] {error_message}")
+    else:
+        log_event(session, job.id, "info", f"job succeeded: {job.completed}/{job.count} item(s)")
+    add_event(session, job.id, EventKind.status, {"status": status.value})
+    add_event(session, job.id, EventKind.done, {"status": status.value, "error": error})
+
+
+def requeue_job(session: Session, job: Job, reason: str) -> None:
+    """Stage running -> queued for a job whose worker was lost."""
+    check_transition(job.status, JobStatus.queued)
+    job.status = JobStatus.queued.value
+    job.worker_id = None
+    job.updated_at = utcnow()
+    add_event(session, job.id, EventKind.status, {"status": JobStatus.queued.value})
+    log_event(session, job.id, "warning", f"{reason}; re-queued")
+
+
+def settle_interrupted(session: Session, max_attempts: int) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """Settle jobs left `running` by a dead worker: re-queue them, or fail those out of attempts.
+
+    Only safe where no other worker can be running them (the embedded topology at start-up).
+    Returns (re-queued ids, failed ids).
+    """
+    requeued: list[uuid.UUID] = []
+    failed: list[uuid.UUID] = []
+    for job in jobs_repo.jobs_in_status(session, JobStatus.running):
+        if job.attempts >= max_attempts:
+            finish_job(
+                session,
+                job,
+                JobStatus.failed,
+                "worker_lost",
+                f"the worker stopped while running this job {job.attempts} time(s); giving up",
+            )
+            failed.append(job.id)
+        else:
+            requeue_job(session, job, f"the worker running attempt {job.attempts} stopped")
+            requeued.append(job.id)
+    return requeued, failed

@@ -1,0 +1,40 @@
+"""The job state machine, the one place that says which status changes are legal."""
+
+from __future__ import annotations
+
+from dreamforge.api.schemas import JobStatus
+
+TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.succeeded, JobStatus.failed})
+
+# running -> queued is the crash path: a job whose worker died goes back to the queue.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.queued: frozenset({JobStatus.running, JobStatus.failed}),
+    JobStatus.running: frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.queued}),
+    JobStatus.succeeded: frozenset(),
+    JobStatus.failed: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    """A status change the state machine forbids."""
+
+    def __init__(self, current: str, target: str) -> None:
+        super().__init__(f"job cannot go from {current} to {target}")
+        self.current = current
+        self.target = target
+
+
+def check_transition(current: str, target: JobStatus) -> None:
+    """Raise `IllegalTransition` unless `current -> target` is allowed."""
+    if target not in TRANSITIONS[JobStatus(current)]:
+        raise IllegalTransition(current, target)
+
+
+def is_terminal(status: str) -> bool:
+    """True for `succeeded` and `failed`."""
+    return JobStatus(status) in TERMINAL
+
+
+# Stages of one item's work and their share of its progress (reported by /progress).
+STAGES: tuple[tuple[str, float], ...] = (("denoise", 0.9), ("encode_and_store", 0.1))
+DENOISE_WEIGHT = STAGES[0][1]

@@ -1,0 +1,87 @@
+"""Compose an item's infotext and full JSON recipe from its job, seed, model and runtime."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from dreamforge.recipe.infotext import ParamValue, build_infotext
+
+RECIPE_SCHEMA = "dreamforge.recipe/v1"
+
+# A1111's names for our samplers: (Sampler, Schedule type).
+SAMPLER_NAMES: dict[str, tuple[str, str | None]] = {
+    "dpmpp_2m_karras": ("DPM++ 2M", "Karras"),
+    "unipc": ("UniPC", None),
+}
+
+
+def autov2(sha256: str) -> str:
+    """Civitai's AutoV2 / A1111's model hash: the first 10 hex digits of the file's SHA-256."""
+    return sha256[:10]
+
+
+def compose(
+    *,
+    job_id: uuid.UUID,
+    item_index: int,
+    count: int,
+    params: dict[str, Any],
+    seed: int,
+    model: dict[str, Any],
+    runtime: dict[str, str],
+) -> tuple[str, dict[str, Any]]:
+    """Return (infotext, recipe) for one item. `model` holds id, name, sha256 and provenance."""
+    sampler, schedule = SAMPLER_NAMES[params["scheduler"]]
+    extra = model.get("extra") or {}
+    infotext_params: dict[str, ParamValue] = {
+        "Steps": params["steps"],
+        "Sampler": sampler,
+        "Schedule type": schedule,
+        "CFG scale": params["guidance"],
+        "Seed": seed,
+        "Size": f"{params['width']}x{params['height']}",
+        "Model hash": autov2(model["sha256"]),
+        "Model": model["name"],
+        "RNG": "CPU",
+        "Version": f"dreamforge {runtime.get('dreamforge', '')}".strip(),
+    }
+    civitai_version = extra.get("civitai_version_id")
+    if civitai_version is not None:
+        infotext_params["Hashes"] = f'{{"model": "{autov2(model["sha256"])}"}}'
+        infotext_params["Civitai resources"] = (
+            f'[{{"type":"checkpoint","modelVersionId":{int(civitai_version)}}}]'
+        )
+    infotext = build_infotext(params["prompt"], params.get("negative_prompt"), infotext_params)
+    recipe: dict[str, Any] = {
+        "schema": RECIPE_SCHEMA,
+        "job_id": str(job_id),
+        "item_index": item_index,
+        "count": count,
+        "type": params.get("type", "generate"),
+        "provider": params.get("provider"),
+        "prompt": params["prompt"],
+        "negative_prompt": params.get("negative_prompt"),
+        "width": params["width"],
+        "height": params["height"],
+        "steps": params["steps"],
+        "guidance": params["guidance"],
+        "scheduler": params["scheduler"],
+        "seed": seed,
+        "requested_seed": params.get("seed"),
+        "format": params["format"],
+        # Items are rendered one per pipeline call; a re-run with the same plan is byte-identical.
+        "batch": {"size": 1, "position": 0},
+        "model": {
+            "id": str(model["id"]),
+            "name": model["name"],
+            "sha256": model["sha256"],
+            "autov2": autov2(model["sha256"]),
+            "version": model.get("version"),
+            "source": model.get("source"),
+            "revision": model.get("revision"),
+        },
+        "rng": {"device": runtime.get("rng_device", "cpu"), "generator": "torch.Generator.manual_seed"},
+        "runtime": runtime,
+    }
+    return infotext, recipe

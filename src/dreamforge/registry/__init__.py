@@ -1,0 +1,1 @@
+"""The model registry: installed checkpoints, their hashes and their files on disk."""

@@ -1,0 +1,113 @@
+"""Registering checkpoints that are on disk, and building the tiny test model."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from dreamforge.db.tables import Model
+from dreamforge.registry import repository as models_repo
+from dreamforge.registry.hashing import sha256_file, sha256_folder, size_of
+
+CAPABILITIES = ["text-to-image"]
+
+
+def sdxl_parameters_schema() -> dict[str, Any]:
+    """The job parameters an SDXL checkpoint accepts (a JSON Schema fragment)."""
+    return {
+        "type": "object",
+        "properties": {
+            "width": {"type": "integer", "minimum": 64, "maximum": 4096, "multipleOf": 8, "default": 1024},
+            "height": {"type": "integer", "minimum": 64, "maximum": 4096, "multipleOf": 8, "default": 1024},
+            "steps": {"type": "integer", "minimum": 1, "maximum": 200, "default": 30},
+            "guidance": {"type": "number", "minimum": 0, "maximum": 50, "default": 7.0},
+            "scheduler": {
+                "type": "string",
+                "enum": ["dpmpp_2m_karras", "unipc"],
+                "default": "dpmpp_2m_karras",
+            },
+        },
+    }
+
+
+class ModelNameTaken(Exception):
+    """A model with this name is already registered."""
+
+
+def register_model(
+    session: Session,
+    *,
+    name: str,
+    layout: str,
+    path: Path,
+    config_path: Path | None = None,
+    source: str | None = None,
+    version: str | None = None,
+    revision: str | None = None,
+    is_tiny: bool = False,
+    enabled: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> Model:
+    """Hash the checkpoint on disk and stage its registry row."""
+    if models_repo.get_model_by_name(session, name) is not None:
+        raise ModelNameTaken(f"a model named {name!r} is already registered")
+    digest = sha256_file(path) if layout == "single_file" else sha256_folder(path)
+    model = Model(
+        name=name,
+        kind="sdxl-checkpoint",
+        version=version,
+        layout=layout,
+        path=str(path.resolve()),
+        config_path=str(config_path.resolve()) if config_path else None,
+        source=source,
+        revision=revision,
+        sha256=digest,
+        size_bytes=size_of(path),
+        installed=True,
+        enabled=enabled,
+        is_tiny=is_tiny,
+        parameters_schema=sdxl_parameters_schema(),
+        capabilities=list(CAPABILITIES),
+        extra=extra or {},
+    )
+    session.add(model)
+    session.flush()
+    return model
+
+
+def create_tiny_model(session: Session, models_dir: Path, name: str, *, single_file: bool = False) -> Model:
+    """Build the tiny random-weight SDXL pipeline into `models_dir/name` and register it.
+
+    Its images are noise; it exists so tests and demos run the real loading and rendering path.
+    """
+    from dreamforge.engines.original_layout import copy_config_tree, write_single_file
+    from dreamforge.engines.tiny import build_tiny_pipeline
+
+    if models_repo.get_model_by_name(session, name) is not None:
+        raise ModelNameTaken(f"a model named {name!r} is already registered")
+    target = models_dir / name
+    if target.exists():
+        shutil.rmtree(target)
+    if not single_file:
+        build_tiny_pipeline(target)
+        return register_model(
+            session, name=name, layout="diffusers", path=target, source="tiny:random", is_tiny=True
+        )
+    target.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = build_tiny_pipeline(Path(tmp) / "pipeline")
+        checkpoint = write_single_file(folder, target / f"{name}.safetensors")
+        config = copy_config_tree(folder, target / "config")
+    return register_model(
+        session,
+        name=name,
+        layout="single_file",
+        path=checkpoint,
+        config_path=config,
+        source="tiny:random",
+        is_tiny=True,
+    )

@@ -1,0 +1,33 @@
+"""Queries over installed models. Nothing here commits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dreamforge.db.tables import Model
+
+
+def get_model(session: Session, model_id: uuid.UUID) -> Model | None:
+    """The model with this id."""
+    return session.get(Model, model_id)
+
+
+def get_model_by_name(session: Session, name: str) -> Model | None:
+    """The model with this unique name."""
+    return session.scalars(select(Model).where(Model.name == name)).first()
+
+
+def list_models(
+    session: Session, *, enabled: bool | None = True, installed_only: bool = True
+) -> Sequence[Model]:
+    """Models, newest first; by default those installed and enabled."""
+    stmt = select(Model)
+    if installed_only:
+        stmt = stmt.where(Model.installed.is_(True))
+    if enabled is not None:
+        stmt = stmt.where(Model.enabled.is_(enabled))
+    return session.scalars(stmt.order_by(Model.created_at.desc())).all()

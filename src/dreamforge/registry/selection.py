@@ -1,0 +1,49 @@
+"""Which installed model a job renders with."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.orm import Session
+
+from dreamforge.db.tables import Model
+from dreamforge.registry import repository as models_repo
+
+INSTALL_HINT = (
+    "install one with `dreamforge model create-tiny` (random weights, for trying the service) "
+    "or `dreamforge model download <ref> --enable`"
+)
+
+
+class ModelUnavailable(Exception):
+    """The requested model is unknown, disabled or not installed, or none is installed at all."""
+
+    def __init__(self, message: str, *, model_id: uuid.UUID | None, reason: str) -> None:
+        super().__init__(message)
+        self.model_id = model_id
+        self.reason = reason
+
+
+def resolve_model(session: Session, model_id: uuid.UUID | None, default_name: str = "") -> Model:
+    """The model for a job: `model_id` if given, else the configured default, else the newest enabled."""
+    if model_id is not None:
+        model = models_repo.get_model(session, model_id)
+        if model is None:
+            raise ModelUnavailable(f"model {model_id} does not exist", model_id=model_id, reason="unknown")
+        if not model.installed:
+            raise ModelUnavailable(
+                f"model {model_id} is not installed", model_id=model_id, reason="not_installed"
+            )
+        if not model.enabled:
+            raise ModelUnavailable(f"model {model_id} is disabled", model_id=model_id, reason="disabled")
+        return model
+    if default_name:
+        model = models_repo.get_model_by_name(session, default_name)
+        if model is not None and model.installed and model.enabled:
+            return model
+    candidates = models_repo.list_models(session, enabled=True)
+    if not candidates:
+        raise ModelUnavailable(
+            f"no model is installed and enabled; {INSTALL_HINT}", model_id=None, reason="none"
+        )
+    return candidates[0]

@@ -1,0 +1,65 @@
+"""Artifacts on local disk, served by the API itself behind signed, expiring URLs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+from dreamforge.storage.base import SignedUrl
+from dreamforge.storage.signing import sign
+
+
+class LocalArtifactStore:
+    """Stores objects as files under `root`, keyed by relative path."""
+
+    def __init__(self, root: Path, secret: bytes, ttl_seconds: int) -> None:
+        self.root = root
+        self._secret = secret
+        self._ttl = ttl_seconds
+
+    def path_for(self, key: str) -> Path:
+        """The file of `key`; refuses keys that would escape the root."""
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise KeyError(key)
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Write via a temporary file, fsync and rename, so a crash never leaves half an image."""
+        path = self.path_for(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def exists(self, key: str) -> bool:
+        """True if the file exists."""
+        try:
+            return self.path_for(key).is_file()
+        except KeyError:
+            return False
+
+    def get(self, key: str) -> bytes:
+        """The file's bytes."""
+        path = self.path_for(key)
+        if not path.is_file():
+            raise KeyError(key)
+        return path.read_bytes()
+
+    def signed_url(self, key: str, base_url: str) -> SignedUrl:
+        """`{base_url}/v1/files/{key}?expires=…&sig=…`."""
+        expires = int(time.time()) + self._ttl
+        query = urlencode({"expires": expires, "sig": sign(key, expires, self._secret)})
+        url = f"{base_url.rstrip('/')}/v1/files/{quote(key)}?{query}"
+        return SignedUrl(url=url, expires_at=datetime.fromtimestamp(expires, UTC))

@@ -1,0 +1,260 @@
+"""`run_job`: the one path from a queued job to a terminal one, used by every kind of worker.
+
+Each step commits before the next begins, so a crash at any point leaves a state the next
+attempt can continue from: items with a stored artifact are not rendered again, and an item's
+seed is recorded before rendering so a re-run draws the same image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from dreamforge.api.schemas import JobStatus
+from dreamforge.db.session import transaction
+from dreamforge.db.tables import Artifact, utcnow
+from dreamforge.engines.base import EngineError, ModelSpec, RenderRequest
+from dreamforge.events.kinds import EventKind
+from dreamforge.events.repository import add_event
+from dreamforge.jobs import repository as jobs_repo
+from dreamforge.jobs.lifecycle import finish_job, log_event
+from dreamforge.jobs.state import DENOISE_WEIGHT
+from dreamforge.recipe.compose import compose
+from dreamforge.recipe.embed import encode_image
+from dreamforge.registry import repository as models_repo
+from dreamforge.storage.base import CONTENT_TYPES, artifact_key
+from dreamforge.worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+# Progress events are throttled: enough for a smooth bar, few enough to keep the event log small.
+PROGRESS_INTERVAL_SECONDS = 0.1
+SEED_RANGE = 2**32
+
+
+class _JobRun:
+    """The rendering part of one attempt at one job."""
+
+    def __init__(self, ctx: WorkerContext, job_id: uuid.UUID) -> None:
+        self.ctx = ctx
+        self.job_id = job_id
+
+    @contextmanager
+    def unit(self) -> Iterator[Session]:
+        """A transaction whose events are announced once it has committed."""
+        with transaction(self.ctx.sessions) as session:
+            yield session
+        self.ctx.notifier.publish(self.job_id)
+
+    def execute(self) -> None:
+        with self.ctx.sessions() as s:
+            job = jobs_repo.get_job(s, self.job_id)
+            assert job is not None
+            params = dict(job.params)
+            count = job.count
+            model_row = models_repo.get_model(s, job.model_id) if job.model_id else None
+            if model_row is None or not model_row.installed:
+                raise EngineError("model_unavailable", "the job's model is no longer installed")
+            model_info = {
+                "id": model_row.id,
+                "name": model_row.name,
+                "sha256": model_row.sha256,
+                "version": model_row.version,
+                "source": model_row.source,
+                "revision": model_row.revision,
+                "extra": dict(model_row.extra or {}),
+            }
+            spec = ModelSpec(
+                id=model_row.id,
+                name=model_row.name,
+                layout=model_row.layout,
+                path=model_row.path,
+                config_path=model_row.config_path,
+                sha256=model_row.sha256,
+            )
+            items = [(i.item_index, i.seed) for i in jobs_repo.get_items(s, self.job_id)]
+            done = {a.item_index for a in jobs_repo.list_artifacts(s, self.job_id)}
+
+        engine = self.ctx.engine
+        seconds = engine.load(spec)
+        if seconds:
+            with self.unit() as s:
+                log_event(s, self.job_id, "info", f"model {spec.name!r} loaded in {seconds:.2f}s")
+        runtime = engine.runtime_info()
+
+        for item_index, recorded_seed in items:
+            if item_index in done:
+                continue
+            seed = self._seed_for(item_index, recorded_seed, params.get("seed"))
+            with self.unit() as s:
+                item = jobs_repo.get_item(s, self.job_id, item_index)
+                assert item is not None
+                item.seed = seed
+                item.status = "running"
+                log_event(
+                    s, self.job_id, "info", f"item {item_index}: rendering with seed {seed}", item_index
+                )
+            self._render_item(spec, params, item_index, count, seed, model_info, runtime, len(done))
+            done.add(item_index)
+
+    @staticmethod
+    def _seed_for(item_index: int, recorded: int | None, requested: int | None) -> int:
+        if recorded is not None:
+            return recorded
+        if item_index == 0 and requested is not None:
+            return requested
+        return secrets.randbelow(SEED_RANGE)
+
+    def _render_item(
+        self,
+        spec: ModelSpec,
+        params: dict[str, Any],
+        item_index: int,
+        count: int,
+        seed: int,
+        model_info: dict[str, Any],
+        runtime: dict[str, str],
+        done_before: int,
+    ) -> None:
+        last_emit = 0.0
+
+        def on_step(step: int, total: int) -> None:
+            nonlocal last_emit
+            now = time.monotonic()
+            if step < total and step > 1 and now - last_emit < PROGRESS_INTERVAL_SECONDS:
+                return
+            last_emit = now
+            item_progress = DENOISE_WEIGHT * step / max(total, 1)
+            with self.unit() as s:
+                item = jobs_repo.get_item(s, self.job_id, item_index)
+                if item is not None:
+                    item.progress = item_progress
+                add_event(
+                    s,
+                    self.job_id,
+                    EventKind.progress,
+                    {
+                        "item_index": item_index,
+                        "progress": round(item_progress, 4),
+                        "step": step,
+                        "steps": total,
+                        "overall": round((done_before + item_progress) / count, 4),
+                    },
+                    item_index,
+                )
+
+        request = RenderRequest(
+            prompt=params["prompt"],
+            negative_prompt=params.get("negative_prompt"),
+            width=params["width"],
+            height=params["height"],
+            steps=params["steps"],
+            guidance=params["guidance"],
+            scheduler=params["scheduler"],
+            seed=seed,
+        )
+        image = self.ctx.engine.render(spec, request, on_step)
+        fmt = params["format"]
+        infotext, recipe = compose(
+            job_id=self.job_id,
+            item_index=item_index,
+            count=count,
+            params=params,
+            seed=seed,
+            model=model_info,
+            runtime=runtime,
+        )
+        embed = bool(params.get("embed_metadata", True))
+        data = encode_image(image, fmt, infotext if embed else None, recipe if embed else None)
+        key = artifact_key(self.job_id, item_index, fmt)
+        content_type = CONTENT_TYPES[fmt]
+        # Store first, then record: an artifact row always points at bytes that exist.
+        self.ctx.store.put(key, data, content_type)
+        with self.unit() as s:
+            artifact = jobs_repo.get_artifact_for_item(s, self.job_id, item_index)
+            if artifact is None:
+                artifact = Artifact(
+                    job_id=self.job_id,
+                    item_index=item_index,
+                    format=fmt,
+                    content_type=content_type,
+                    width=image.width,
+                    height=image.height,
+                    seed=seed,
+                    s3_key=key,
+                    size_bytes=len(data),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                )
+                s.add(artifact)
+                s.flush()
+            item = jobs_repo.get_item(s, self.job_id, item_index)
+            assert item is not None
+            item.status = "succeeded"
+            item.progress = 1.0
+            job = jobs_repo.get_job(s, self.job_id)
+            assert job is not None
+            job.completed = len(jobs_repo.list_artifacts(s, self.job_id))
+            job.updated_at = utcnow()
+            add_event(s, self.job_id, EventKind.artifact, {"artifact_id": str(artifact.id)}, item_index)
+            add_event(
+                s,
+                self.job_id,
+                EventKind.progress,
+                {
+                    "item_index": item_index,
+                    "progress": 1.0,
+                    "step": params["steps"],
+                    "steps": params["steps"],
+                    "overall": round(job.completed / count, 4),
+                },
+                item_index,
+            )
+            log_event(
+                s, self.job_id, "info", f"item {item_index}: stored {key} ({len(data)} bytes)", item_index
+            )
+
+
+def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
+    """Claim `job_id` and run it to `succeeded` or `failed`; None if it was not ours to run."""
+    with transaction(ctx.sessions) as s:
+        if not jobs_repo.claim_job(s, job_id, ctx.worker_id):
+            job = jobs_repo.get_job(s, job_id)
+            log.info("job %s not claimed (status %s)", job_id, job.status if job else "missing")
+            return None
+        job = jobs_repo.get_job(s, job_id)
+        assert job is not None
+        s.refresh(job)
+        attempts = job.attempts
+        add_event(s, job_id, EventKind.status, {"status": JobStatus.running.value})
+        log_event(
+            s,
+            job_id,
+            "info",
+            f"started on {ctx.worker_id} (attempt {attempts} of {ctx.settings.max_attempts})",
+        )
+    ctx.notifier.publish(job_id)
+
+    status = JobStatus.succeeded
+    code: str | None = None
+    message: str | None = None
+    try:
+        _JobRun(ctx, job_id).execute()
+    except EngineError as exc:
+        status, code, message = JobStatus.failed, exc.code, exc.message
+    except Exception as exc:
+        log.exception("job %s crashed", job_id)
+        status, code, message = JobStatus.failed, "engine_error", f"{type(exc).__name__}: {exc}"
+    with transaction(ctx.sessions) as s:
+        job = jobs_repo.get_job(s, job_id)
+        assert job is not None
+        finish_job(s, job, status, code, message)
+    ctx.notifier.publish(job_id)
+    return status

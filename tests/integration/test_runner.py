@@ -1,0 +1,139 @@
+"""`run_job` with the real engine and SQLite: the events, rows and files a job leaves behind."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from dreamforge.api.schemas import JobCreateRequest, JobStatus
+from dreamforge.config import Settings
+from dreamforge.db.session import create_db_engine, make_session_factory, transaction
+from dreamforge.db.tables import Artifact, Job
+from dreamforge.events.notifier import LocalNotifier
+from dreamforge.events.repository import events_after
+from dreamforge.jobs import repository as jobs_repo
+from dreamforge.jobs.lifecycle import settle_interrupted
+from dreamforge.jobs.service import create_job
+from dreamforge.recipe.embed import read_metadata
+from dreamforge.recipe.infotext import parse_infotext
+from dreamforge.registry.repository import get_model_by_name
+from dreamforge.runtime import build_store
+from dreamforge.worker.context import WorkerContext
+from dreamforge.worker.runner import run_job
+
+
+@pytest.fixture
+def ctx(settings: Settings, tiny_model_dir: Path) -> WorkerContext:
+    from conftest import register_tiny
+
+    register_tiny(settings.database_url, tiny_model_dir)
+    sessions = make_session_factory(create_db_engine(settings.database_url))
+    return WorkerContext(
+        settings=settings, sessions=sessions, store=build_store(settings), notifier=LocalNotifier()
+    )
+
+
+def _submit(sessions: sessionmaker[Session], **params: object) -> uuid.UUID:
+    body = {"type": "generate", "prompt": "a blue sphere", "width": 64, "height": 64, "steps": 3, **params}
+    with transaction(sessions) as s:
+        job, _ = create_job(s, JobCreateRequest.model_validate(body), None)
+        return job.id
+
+
+def test_job_runs_to_success_with_one_artifact_per_item(ctx: WorkerContext) -> None:
+    job_id = _submit(ctx.sessions, count=2, seed=1234, negative_prompt="dull")
+    assert run_job(ctx, job_id) is JobStatus.succeeded
+    with ctx.sessions() as s:
+        job = jobs_repo.get_job(s, job_id)
+        assert job is not None
+        assert (job.status, job.completed, job.attempts) == ("succeeded", 2, 1)
+        artifacts = jobs_repo.list_artifacts(s, job_id)
+        kinds = [e.kind for e in events_after(s, job_id, 0)]
+    assert [a.item_index for a in artifacts] == [0, 1]
+    assert artifacts[0].seed == 1234
+    assert artifacts[1].seed != 1234
+    assert kinds[:2] == ["status", "log"]
+    assert kinds.count("artifact") == 2
+    assert kinds[-1] == "done"
+    meta = read_metadata(ctx.store.get(artifacts[0].s3_key))
+    assert meta.infotext is not None and meta.recipe is not None
+    prompt, negative, params = parse_infotext(meta.infotext)
+    assert (prompt, negative, params["Seed"], params["Steps"]) == ("a blue sphere", "dull", "1234", "3")
+    assert meta.recipe["job_id"] == str(job_id)
+    assert meta.recipe["item_index"] == 0
+
+
+def test_engine_failure_fails_the_job_and_the_next_job_still_runs(
+    ctx: WorkerContext, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from conftest import register_tiny
+
+    broken_dir = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken_dir)
+    broken_id = uuid.UUID(register_tiny(ctx.settings.database_url, broken_dir, name="broken"))
+    shutil.rmtree(broken_dir)
+
+    bad = _submit(ctx.sessions, model_id=str(broken_id))
+    with ctx.sessions() as s:
+        tiny = get_model_by_name(s, "tiny-sdxl")
+        assert tiny is not None
+    good = _submit(ctx.sessions, model_id=str(tiny.id))
+    assert run_job(ctx, bad) is JobStatus.failed
+    assert run_job(ctx, good) is JobStatus.succeeded
+    with ctx.sessions() as s:
+        job = jobs_repo.get_job(s, bad)
+        assert job is not None
+        assert job.error_code == "model_files_missing"
+        events = list(events_after(s, bad, 0))
+    error = next(e for e in events if e.kind == "error")
+    assert error.data["code"] == "model_files_missing"
+    assert any(
+        e.kind == "log" and e.data["level"] == "error" and "model_files_missing" in e.data["message"]
+        for e in events
+    )
+    assert events[-1].kind == "done"
+    assert events[-1].data["status"] == "failed"
+
+
+def test_rerun_after_a_crash_keeps_finished_items_and_recorded_seeds(ctx: WorkerContext) -> None:
+    job_id = _submit(ctx.sessions, count=2)
+    run_job(ctx, job_id)
+    with ctx.sessions() as s:
+        before = {a.item_index: (a.id, a.sha256, a.seed) for a in jobs_repo.list_artifacts(s, job_id)}
+    # Rewind to "the worker died after item 0": item 1's artifact is gone and the job is running.
+    with transaction(ctx.sessions) as s:
+        s.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.item_index == 1))
+        s.execute(update(Job).where(Job.id == job_id).values(status="running", completed=1))
+        requeued, failed = settle_interrupted(s, max_attempts=3)
+    assert (requeued, failed) == ([job_id], [])
+    assert run_job(ctx, job_id) is JobStatus.succeeded
+    with ctx.sessions() as s:
+        after = {a.item_index: (a.id, a.sha256, a.seed) for a in jobs_repo.list_artifacts(s, job_id)}
+        job = jobs_repo.get_job(s, job_id)
+        assert job is not None
+        assert job.attempts == 2
+    assert after[0] == before[0]  # not rendered again
+    assert after[1][1:] == before[1][1:]  # same seed, byte-identical image
+
+
+def test_out_of_attempts_fails_with_worker_lost(ctx: WorkerContext) -> None:
+    job_id = _submit(ctx.sessions)
+    with transaction(ctx.sessions) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(status="running", attempts=3))
+        requeued, failed = settle_interrupted(s, max_attempts=3)
+    assert (requeued, failed) == ([], [job_id])
+    with ctx.sessions() as s:
+        job = jobs_repo.get_job(s, job_id)
+        assert job is not None
+        assert (job.status, job.error_code) == ("failed", "worker_lost")
+
+
+def test_a_job_is_claimed_once(ctx: WorkerContext) -> None:
+    job_id = _submit(ctx.sessions)
+    assert run_job(ctx, job_id) is JobStatus.succeeded
+    assert run_job(ctx, job_id) is None

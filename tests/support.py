@@ -1,0 +1,168 @@
+"""Test support: a real `dreamforge serve` process and a small SSE reader for the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+DREAMFORGE = str(Path(sys.executable).with_name("dreamforge"))
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment for a `dreamforge` process using `data_dir`, never a hub."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DF_")}
+    env.update({"DF_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run `dreamforge ARGS` to completion."""
+    return subprocess.run(
+        [DREAMFORGE, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT
+    )
+
+
+@dataclass
+class ServerProcess:
+    """A `dreamforge serve` subprocess on a loopback port."""
+
+    data_dir: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base(self) -> str:
+        return f"{self.root}/v1"
+
+    def start(self, timeout: float = 60) -> ServerProcess:
+        self.log_path = self.data_dir / f"server-{int(time.time() * 1000)}.log"
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [DREAMFORGE, "serve", "--port", str(self.port)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_text()}")
+            try:
+                if httpx.get(f"{self.base}/models", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not start:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash or OOM kill."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class SseEvent:
+    """One parsed Server-Sent Event."""
+
+    id: str | None
+    event: str
+    data: dict[str, Any]
+
+
+def iter_sse(response: httpx.Response) -> Iterator[SseEvent | str]:
+    """Events of an SSE response; comment lines (keep-alives) are yielded as strings."""
+    fields: dict[str, str] = {}
+    data_lines: list[str] = []
+    for line in response.iter_lines():
+        if line == "":
+            if data_lines or fields:
+                yield SseEvent(
+                    fields.get("id"), fields.get("event", "message"), json.loads("\n".join(data_lines))
+                )
+            fields, data_lines = {}, []
+        elif line.startswith(":"):
+            yield line
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                data_lines.append(value)
+            else:
+                fields[name] = value
+
+
+def read_sse(
+    client: httpx.Client,
+    url: str,
+    headers: dict[str, str] | None = None,
+    timeout: float = 120,
+    stop_after: int | None = None,
+) -> list[SseEvent]:
+    """Read an SSE stream until it closes (or `stop_after` events); keep-alives are dropped."""
+    events: list[SseEvent] = []
+    with client.stream("GET", url, headers=headers, timeout=httpx.Timeout(timeout)) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for item in iter_sse(response):
+            if isinstance(item, SseEvent):
+                events.append(item)
+                if stop_after is not None and len(events) >= stop_after:
+                    break
+    return events
+
+
+def wait_for_status(
+    client: httpx.Client, job_id: str, statuses: set[str], timeout: float = 120
+) -> dict[str, Any]:
+    """Poll a job until its status is one of `statuses`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
+        if body["status"] in statuses:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {body['status']} after {timeout}s")
+        time.sleep(0.1)
