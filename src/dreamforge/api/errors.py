@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dreamforge.api.schemas import ErrorResponse
@@ -110,6 +111,16 @@ def install_error_handlers(app: FastAPI) -> None:
             details["model_id"] = str(exc.model_id)
         code = "no_model_installed" if exc.reason == "none" else "model_unavailable"
         return error_response(422, code, str(exc), details)
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database unavailable: %s", exc.orig)
+        return error_response(
+            503,
+            "database_unavailable",
+            "the database is unreachable; retry shortly",
+            {"component": "database"},
+        )
 
     @app.exception_handler(UnknownProvider)
     async def _provider(_: Request, exc: UnknownProvider) -> JSONResponse:

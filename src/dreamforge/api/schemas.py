@@ -133,8 +133,10 @@ class JobStatusResponse(BaseModel):
     updated_at: datetime
     steps: list[JobStep] = Field(default_factory=list)
     summary: JobCounts
+    started_at: datetime | None = Field(default=None, description="When the current attempt started.")
+    finished_at: datetime | None = None
     model_id: uuid.UUID | None = None
-    attempts: int = Field(default=0, description="How many times a worker has started this job.")
+    attempts: int = Field(default=0, description="Attempts used; a clean shutdown does not use one.")
     error: JobError | None = Field(default=None, description="Set when `status` is `failed`.")
 
 

@@ -35,6 +35,8 @@ def job_view(job: tables.Job) -> JobStatusResponse:
         updated_at=job.updated_at,
         steps=[JobStep(name="generate", status=job.status)],
         summary=JobCounts(count=job.count, completed=job.completed),
+        started_at=job.started_at,
+        finished_at=job.finished_at,
         model_id=job.model_id,
         attempts=job.attempts,
         error=error,

@@ -29,6 +29,8 @@ class WorkerContext:
     store: ArtifactStore
     notifier: Notifier
     worker_id: str = field(default_factory=default_worker_id)
+    # Set on graceful shutdown: the running job stops at its next step and goes back to the queue.
+    stopping: threading.Event = field(default_factory=threading.Event)
     _engine: Engine | None = None
     _engine_lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -48,7 +48,8 @@ class InProcessRunner:
         self._queue.put(job_id)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Ask the thread to stop after its current job; a job still running is settled at next start."""
+        """Stop: the running job is interrupted at its next step and re-queued for the next start."""
+        self.ctx.stopping.set()
         self._queue.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -56,7 +57,7 @@ class InProcessRunner:
     def _loop(self) -> None:
         while True:
             job_id = self._queue.get()
-            if job_id is None:
+            if job_id is None or self.ctx.stopping.is_set():
                 return
             try:
                 run_job(self.ctx, job_id)

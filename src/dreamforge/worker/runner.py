@@ -25,7 +25,7 @@ from dreamforge.engines.base import EngineError, ModelSpec, RenderRequest
 from dreamforge.events.kinds import EventKind
 from dreamforge.events.repository import add_event
 from dreamforge.jobs import repository as jobs_repo
-from dreamforge.jobs.lifecycle import finish_job, log_event
+from dreamforge.jobs.lifecycle import finish_job, log_event, requeue_job
 from dreamforge.jobs.state import DENOISE_WEIGHT
 from dreamforge.recipe.compose import compose
 from dreamforge.recipe.embed import encode_image
@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 # Progress events are throttled: enough for a smooth bar, few enough to keep the event log small.
 PROGRESS_INTERVAL_SECONDS = 0.1
 SEED_RANGE = 2**32
+
+
+class JobInterrupted(Exception):
+    """The worker is shutting down; the job goes back to the queue without using up an attempt."""
 
 
 class _JobRun:
@@ -93,6 +97,8 @@ class _JobRun:
         for item_index, recorded_seed in items:
             if item_index in done:
                 continue
+            if self.ctx.stopping.is_set():
+                raise JobInterrupted
             seed = self._seed_for(item_index, recorded_seed, params.get("seed"))
             with self.unit() as s:
                 item = jobs_repo.get_item(s, self.job_id, item_index)
@@ -128,6 +134,8 @@ class _JobRun:
 
         def on_step(step: int, total: int) -> None:
             nonlocal last_emit
+            if self.ctx.stopping.is_set():
+                raise JobInterrupted
             now = time.monotonic()
             if step < total and step > 1 and now - last_emit < PROGRESS_INTERVAL_SECONDS:
                 return
@@ -223,7 +231,10 @@ class _JobRun:
 
 
 def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
-    """Claim `job_id` and run it to `succeeded` or `failed`; None if it was not ours to run."""
+    """Claim `job_id` and run it to `succeeded` or `failed` (`queued` again if the worker is stopping).
+
+    Returns None if the job was not ours to run (already claimed, finished or missing).
+    """
     with transaction(ctx.sessions) as s:
         if not jobs_repo.claim_job(s, job_id, ctx.worker_id):
             job = jobs_repo.get_job(s, job_id)
@@ -247,6 +258,15 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
     message: str | None = None
     try:
         _JobRun(ctx, job_id).execute()
+    except JobInterrupted:
+        with transaction(ctx.sessions) as s:
+            job = jobs_repo.get_job(s, job_id)
+            assert job is not None
+            requeue_job(s, job, "the worker is shutting down")
+            # A clean shutdown is not a failed attempt: only crashes count toward DF_MAX_ATTEMPTS.
+            job.attempts -= 1
+        ctx.notifier.publish(job_id)
+        return JobStatus.queued
     except EngineError as exc:
         status, code, message = JobStatus.failed, exc.code, exc.message
     except Exception as exc:
