@@ -84,6 +84,10 @@ class ServerProcess:
             time.sleep(0.1)
         raise RuntimeError(f"server did not start:\n{self.log_text()}")
 
+    def restarted(self) -> ServerProcess:
+        """A new server on the same data directory and port, started."""
+        return ServerProcess(data_dir=self.data_dir, env=self.env, port=self.port).start()
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 

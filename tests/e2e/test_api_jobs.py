@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 from PIL import Image
-from support import SseEvent, read_sse, wait_for_status
+from support import read_sse, wait_for_status
 
 from dreamforge.recipe.embed import read_metadata
 from dreamforge.recipe.infotext import parse_infotext
@@ -215,6 +215,15 @@ def test_jpeg_carries_infotext_in_exif(client: httpx.Client) -> None:
     assert (params["Sampler"], params["Seed"]) == ("UniPC", "5")
 
 
+def test_model_stays_loaded_between_jobs(client: httpx.Client) -> None:
+    logs = []
+    for _ in range(2):
+        job_id = client.post("/jobs", json=JOB).json()["job"]["id"]
+        wait_for_status(client, job_id, {"succeeded"})
+        logs.append(client.get(f"/jobs/{job_id}/logs").text)
+    assert "loaded in" not in logs[1]
+
+
 def test_models_endpoints(client: httpx.Client) -> None:
     listed = client.get("/models").json()["models"]
     assert listed[0]["name"] == "tiny-sdxl"
@@ -224,7 +233,3 @@ def test_models_endpoints(client: httpx.Client) -> None:
     assert "text-to-image" in model["capabilities"]
     assert "noise" in model["note"]
     assert client.get("/models", params={"enabled": "false"}).json()["models"] == []
-
-
-def _events(client: httpx.Client, job_id: str) -> list[SseEvent]:
-    return read_sse(client, f"/jobs/{job_id}/progress/stream")

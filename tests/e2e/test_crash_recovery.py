@@ -35,7 +35,7 @@ def test_sigkill_mid_job_then_restart_finishes_the_job(tmp_path: Path, tiny_mode
     finally:
         first.kill()
 
-    second = ServerProcess(data_dir=data_dir, env=env, port=first.port).start()
+    second = first.restarted()
     try:
         with httpx.Client(base_url=second.base, timeout=30) as client:
             done = wait_for_status(client, job_id, {"succeeded", "failed"}, timeout=180)
@@ -77,7 +77,7 @@ def test_graceful_stop_requeues_the_running_job_without_using_an_attempt(
     finally:
         first.kill()
 
-    second = ServerProcess(data_dir=data_dir, env=env, port=first.port).start()
+    second = first.restarted()
     try:
         with httpx.Client(base_url=second.base, timeout=30) as client:
             done = wait_for_status(client, job_id, {"succeeded", "failed"}, timeout=180)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,15 +28,22 @@ from dreamforge.worker.context import WorkerContext
 from dreamforge.worker.runner import run_job
 
 
-@pytest.fixture
-def ctx(settings: Settings, tiny_model_dir: Path) -> WorkerContext:
+@pytest.fixture(params=["sqlite", "postgres"])
+def ctx(request: pytest.FixtureRequest, settings: Settings, tiny_model_dir: Path) -> Iterator[WorkerContext]:
+    """A worker context on SQLite (embedded default) and on Postgres (same code, other DF_DB_URL)."""
     from conftest import register_tiny
 
+    if request.param == "postgres":
+        settings = settings.model_copy(update={"db_url": request.getfixturevalue("pg_url")})
     register_tiny(settings.database_url, tiny_model_dir)
-    sessions = make_session_factory(create_db_engine(settings.database_url))
-    return WorkerContext(
-        settings=settings, sessions=sessions, store=build_store(settings), notifier=LocalNotifier()
+    engine = create_db_engine(settings.database_url)
+    yield WorkerContext(
+        settings=settings,
+        sessions=make_session_factory(engine),
+        store=build_store(settings),
+        notifier=LocalNotifier(),
     )
+    engine.dispose()
 
 
 def _submit(sessions: sessionmaker[Session], **params: object) -> uuid.UUID:

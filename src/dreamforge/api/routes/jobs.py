@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -36,7 +35,6 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 _ERR = {"model": ErrorResponse}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {**_ERR, "description": "Not found"}}
 INVALID: dict[int | str, dict[str, Any]] = {422: {**_ERR, "description": "Validation error"}}
-IdPath = Annotated[uuid.UUID, "job id"]
 
 
 def _load_job(session: Session, job_id: uuid.UUID) -> Job:
@@ -230,7 +228,3 @@ async def stream(
                 {"field": "Last-Event-ID", "value": last_event_id},
             ) from None
     return await stream_job_events(request, runtime, id, after, base_url)
-
-
-def _json(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"))
