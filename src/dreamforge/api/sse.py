@@ -12,7 +12,8 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import Response
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
@@ -28,16 +29,15 @@ from dreamforge.runtime import Runtime
 POLL_SECONDS = 1.0
 
 
-def _render(runtime: Runtime, base_url: str, event: JobEvent) -> dict[str, Any]:
+def _render(session: Session, runtime: Runtime, base_url: str, event: JobEvent) -> dict[str, Any]:
     data: dict[str, Any] = {"job_id": str(event.job_id), "ts": event.ts.isoformat(), **event.data}
     if event.item_index is not None:
         data["item_index"] = event.item_index
     if event.kind == EventKind.artifact:
         # The stored event names the artifact; its URL is signed now, so it is never stale.
-        with runtime.sessions() as s:
-            row = jobs_repo.get_artifact_for_item(s, event.job_id, event.item_index or 0)
-            if row is not None:
-                data["artifact"] = artifact_view(row, runtime.store, base_url).model_dump(mode="json")
+        row = jobs_repo.get_artifact_for_item(session, event.job_id, event.item_index or 0)
+        if row is not None:
+            data["artifact"] = artifact_view(row, runtime.store, base_url).model_dump(mode="json")
     return data
 
 
@@ -45,8 +45,7 @@ def _fetch(
     runtime: Runtime, base_url: str, job_id: uuid.UUID, after: int
 ) -> list[tuple[int, str, dict[str, Any]]]:
     with runtime.sessions() as s:
-        rows = list(events_after(s, job_id, after))
-    return [(r.id, r.kind, _render(runtime, base_url, r)) for r in rows]
+        return [(r.id, r.kind, _render(s, runtime, base_url, r)) for r in events_after(s, job_id, after)]
 
 
 def _job_exists(runtime: Runtime, job_id: uuid.UUID) -> bool:
@@ -54,9 +53,7 @@ def _job_exists(runtime: Runtime, job_id: uuid.UUID) -> bool:
         return jobs_repo.get_job(s, job_id) is not None
 
 
-async def stream_job_events(
-    request: Request, runtime: Runtime, job_id: uuid.UUID, after: int, base_url: str
-) -> Response:
+async def stream_job_events(runtime: Runtime, job_id: uuid.UUID, after: int, base_url: str) -> Response:
     """An SSE response for `job_id` starting after event id `after` (0: from the beginning)."""
     if not await run_in_threadpool(_job_exists, runtime, job_id):
         raise not_found("job", job_id)

@@ -64,6 +64,11 @@ def requeue_job(session: Session, job: Job, reason: str) -> None:
     job.status = JobStatus.queued.value
     job.worker_id = None
     job.updated_at = utcnow()
+    # Items without an artifact start over (with their recorded seeds) on the next attempt.
+    for item in jobs_repo.get_items(session, job.id):
+        if item.status == "running":
+            item.status = "pending"
+            item.progress = 0.0
     add_event(session, job.id, EventKind.status, {"status": JobStatus.queued.value})
     log_event(session, job.id, "warning", f"{reason}; re-queued")
 

@@ -50,6 +50,10 @@ class _JobRun:
     def __init__(self, ctx: WorkerContext, job_id: uuid.UUID) -> None:
         self.ctx = ctx
         self.job_id = job_id
+        self.params: dict[str, Any] = {}
+        self.count = 0
+        self.model_info: dict[str, Any] = {}
+        self.runtime: dict[str, str] = {}
 
     @contextmanager
     def unit(self) -> Iterator[Session]:
@@ -62,27 +66,27 @@ class _JobRun:
         with self.ctx.sessions() as s:
             job = jobs_repo.get_job(s, self.job_id)
             assert job is not None
-            params = dict(job.params)
-            count = job.count
-            model_row = models_repo.get_model(s, job.model_id) if job.model_id else None
-            if model_row is None or not model_row.installed:
+            self.params = dict(job.params)
+            self.count = job.count
+            model = models_repo.get_model(s, job.model_id) if job.model_id else None
+            if model is None or not model.installed:
                 raise EngineError("model_unavailable", "the job's model is no longer installed")
-            model_info = {
-                "id": model_row.id,
-                "name": model_row.name,
-                "sha256": model_row.sha256,
-                "version": model_row.version,
-                "source": model_row.source,
-                "revision": model_row.revision,
-                "extra": dict(model_row.extra or {}),
+            self.model_info = {
+                "id": model.id,
+                "name": model.name,
+                "sha256": model.sha256,
+                "version": model.version,
+                "source": model.source,
+                "revision": model.revision,
+                "extra": dict(model.extra or {}),
             }
             spec = ModelSpec(
-                id=model_row.id,
-                name=model_row.name,
-                layout=model_row.layout,
-                path=model_row.path,
-                config_path=model_row.config_path,
-                sha256=model_row.sha256,
+                id=model.id,
+                name=model.name,
+                layout=model.layout,
+                path=model.path,
+                config_path=model.config_path,
+                sha256=model.sha256,
             )
             items = [(i.item_index, i.seed) for i in jobs_repo.get_items(s, self.job_id)]
             done = {a.item_index for a in jobs_repo.list_artifacts(s, self.job_id)}
@@ -92,14 +96,14 @@ class _JobRun:
         if seconds:
             with self.unit() as s:
                 log_event(s, self.job_id, "info", f"model {spec.name!r} loaded in {seconds:.2f}s")
-        runtime = engine.runtime_info()
+        self.runtime = engine.runtime_info()
 
         for item_index, recorded_seed in items:
             if item_index in done:
                 continue
             if self.ctx.stopping.is_set():
                 raise JobInterrupted
-            seed = self._seed_for(item_index, recorded_seed, params.get("seed"))
+            seed = self._seed_for(item_index, recorded_seed, self.params.get("seed"))
             with self.unit() as s:
                 item = jobs_repo.get_item(s, self.job_id, item_index)
                 assert item is not None
@@ -108,7 +112,7 @@ class _JobRun:
                 log_event(
                     s, self.job_id, "info", f"item {item_index}: rendering with seed {seed}", item_index
                 )
-            self._render_item(spec, params, item_index, count, seed, model_info, runtime, len(done))
+            self._render_item(spec, item_index, seed, done_before=len(done))
             done.add(item_index)
 
     @staticmethod
@@ -119,17 +123,25 @@ class _JobRun:
             return requested
         return secrets.randbelow(SEED_RANGE)
 
-    def _render_item(
-        self,
-        spec: ModelSpec,
-        params: dict[str, Any],
-        item_index: int,
-        count: int,
-        seed: int,
-        model_info: dict[str, Any],
-        runtime: dict[str, str],
-        done_before: int,
+    def _progress_event(
+        self, s: Session, item_index: int, item_progress: float, step: int, total: int, overall: float
     ) -> None:
+        add_event(
+            s,
+            self.job_id,
+            EventKind.progress,
+            {
+                "item_index": item_index,
+                "progress": round(item_progress, 4),
+                "step": step,
+                "steps": total,
+                "overall": round(overall, 4),
+            },
+            item_index,
+        )
+
+    def _render_item(self, spec: ModelSpec, item_index: int, seed: int, *, done_before: int) -> None:
+        params = self.params
         last_emit = 0.0
 
         def on_step(step: int, total: int) -> None:
@@ -137,7 +149,7 @@ class _JobRun:
             if self.ctx.stopping.is_set():
                 raise JobInterrupted
             now = time.monotonic()
-            if step < total and step > 1 and now - last_emit < PROGRESS_INTERVAL_SECONDS:
+            if 1 < step < total and now - last_emit < PROGRESS_INTERVAL_SECONDS:
                 return
             last_emit = now
             item_progress = DENOISE_WEIGHT * step / max(total, 1)
@@ -145,19 +157,8 @@ class _JobRun:
                 item = jobs_repo.get_item(s, self.job_id, item_index)
                 if item is not None:
                     item.progress = item_progress
-                add_event(
-                    s,
-                    self.job_id,
-                    EventKind.progress,
-                    {
-                        "item_index": item_index,
-                        "progress": round(item_progress, 4),
-                        "step": step,
-                        "steps": total,
-                        "overall": round((done_before + item_progress) / count, 4),
-                    },
-                    item_index,
-                )
+                overall = (done_before + item_progress) / self.count
+                self._progress_event(s, item_index, item_progress, step, total, overall)
 
         request = RenderRequest(
             prompt=params["prompt"],
@@ -171,17 +172,19 @@ class _JobRun:
         )
         image = self.ctx.engine.render(spec, request, on_step)
         fmt = params["format"]
-        infotext, recipe = compose(
-            job_id=self.job_id,
-            item_index=item_index,
-            count=count,
-            params=params,
-            seed=seed,
-            model=model_info,
-            runtime=runtime,
-        )
-        embed = bool(params.get("embed_metadata", True))
-        data = encode_image(image, fmt, infotext if embed else None, recipe if embed else None)
+        if params.get("embed_metadata", True):
+            infotext, recipe = compose(
+                job_id=self.job_id,
+                item_index=item_index,
+                count=self.count,
+                params=params,
+                seed=seed,
+                model=self.model_info,
+                runtime=self.runtime,
+            )
+            data = encode_image(image, fmt, infotext, recipe)
+        else:
+            data = encode_image(image, fmt)
         key = artifact_key(self.job_id, item_index, fmt)
         content_type = CONTENT_TYPES[fmt]
         # Store first, then record: an artifact row always points at bytes that exist.
@@ -212,18 +215,8 @@ class _JobRun:
             job.completed = len(jobs_repo.list_artifacts(s, self.job_id))
             job.updated_at = utcnow()
             add_event(s, self.job_id, EventKind.artifact, {"artifact_id": str(artifact.id)}, item_index)
-            add_event(
-                s,
-                self.job_id,
-                EventKind.progress,
-                {
-                    "item_index": item_index,
-                    "progress": 1.0,
-                    "step": params["steps"],
-                    "steps": params["steps"],
-                    "overall": round(job.completed / count, 4),
-                },
-                item_index,
+            self._progress_event(
+                s, item_index, 1.0, params["steps"], params["steps"], job.completed / self.count
             )
             log_event(
                 s, self.job_id, "info", f"item {item_index}: stored {key} ({len(data)} bytes)", item_index

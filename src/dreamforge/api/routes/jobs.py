@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -208,7 +208,6 @@ def progress(id: uuid.UUID, session: SessionDep) -> ProgressResponse:
 )
 async def stream(
     id: uuid.UUID,
-    request: Request,
     runtime: RuntimeDep,
     base_url: BaseUrlDep,
     last_event_id: Annotated[
@@ -227,4 +226,4 @@ async def stream(
                 "Last-Event-ID must be an event id from this stream",
                 {"field": "Last-Event-ID", "value": last_event_id},
             ) from None
-    return await stream_job_events(request, runtime, id, after, base_url)
+    return await stream_job_events(runtime, id, after, base_url)
