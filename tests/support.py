@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +156,14 @@ def read_sse(
                 if stop_after is not None and len(events) >= stop_after:
                     break
     return events
+
+
+def wait_until(condition: Callable[[], bool], message: str, timeout: float = 120) -> None:
+    """Poll `condition` every 50 ms until it holds; fail with `message` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.05)
 
 
 def wait_for_status(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 from conftest import make_server_env
-from support import ServerProcess, wait_for_status
+from support import ServerProcess, wait_for_status, wait_until
 
 
 def test_sigkill_mid_job_then_restart_finishes_the_job(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -26,10 +26,10 @@ def test_sigkill_mid_job_then_restart_finishes_the_job(tmp_path: Path, tiny_mode
         with httpx.Client(base_url=first.base, timeout=30) as client:
             job_id = client.post("/jobs", json=body).json()["job"]["id"]
             queued_id = client.post("/jobs", json={**body, "count": 1, "steps": 2}).json()["job"]["id"]
-            deadline = time.monotonic() + 120
-            while client.get(f"/jobs/{job_id}").json()["summary"]["completed"] < 1:
-                assert time.monotonic() < deadline, "first item never finished"
-                time.sleep(0.05)
+            wait_until(
+                lambda: client.get(f"/jobs/{job_id}").json()["summary"]["completed"] >= 1,
+                "first item never finished",
+            )
             before = client.get(f"/jobs/{job_id}/artifacts").json()["artifacts"]
             assert client.get(f"/jobs/{job_id}").json()["status"] == "running"
     finally:
@@ -64,10 +64,9 @@ def test_graceful_stop_requeues_the_running_job_without_using_an_attempt(
     try:
         with httpx.Client(base_url=first.base, timeout=30) as client:
             job_id = client.post("/jobs", json=body).json()["job"]["id"]
-            deadline = time.monotonic() + 120
-            while client.get(f"/jobs/{job_id}/progress").json()["progress"] <= 0:
-                assert time.monotonic() < deadline, "job never started"
-                time.sleep(0.05)
+            wait_until(
+                lambda: client.get(f"/jobs/{job_id}/progress").json()["progress"] > 0, "job never started"
+            )
         stopped_at = time.monotonic()
         first.stop()
         assert time.monotonic() - stopped_at < 12, "graceful stop took too long"
