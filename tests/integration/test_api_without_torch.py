@@ -1,0 +1,28 @@
+"""The API process starts and answers without torch or diffusers (they load only when a job runs)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+PROBE = """
+import sys
+from fastapi.testclient import TestClient
+from dreamforge.api.app import create_app
+with TestClient(create_app()) as client:
+    assert client.get('/v1/models').status_code == 200
+    assert client.post('/v1/jobs', json={}).status_code == 422
+loaded = sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules)
+print('loaded:', loaded)
+sys.exit(1 if loaded else 0)
+"""
+
+
+def test_api_serves_without_importing_the_engine_stack(tmp_path: Path) -> None:
+    env = {"DF_DATA_DIR": str(tmp_path / "var"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "loaded: []" in result.stdout
