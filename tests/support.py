@@ -169,12 +169,12 @@ def wait_until(condition: Callable[[], bool], message: str, timeout: float = 120
 def wait_for_status(
     client: httpx.Client, job_id: str, statuses: set[str], timeout: float = 120
 ) -> dict[str, Any]:
-    """Poll a job until its status is one of `statuses`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        body: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
-        if body["status"] in statuses:
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} still {body['status']} after {timeout}s")
-        time.sleep(0.1)
+    """Poll a job until its status is one of `statuses`; returns its last status document."""
+    body: dict[str, Any] = {}
+
+    def reached() -> bool:
+        body.update(client.get(f"/jobs/{job_id}").json())
+        return body["status"] in statuses
+
+    wait_until(reached, f"job {job_id} did not reach {sorted(statuses)} in {timeout}s", timeout)
+    return body

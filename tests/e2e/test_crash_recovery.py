@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from conftest import make_server_env
 from support import ServerProcess, wait_for_status, wait_until
 
 
-def test_sigkill_mid_job_then_restart_finishes_the_job(tmp_path: Path, tiny_model_dir: Path) -> None:
+def _start(tmp_path: Path, tiny_model_dir: Path) -> ServerProcess:
     data_dir = tmp_path / "var"
-    env = make_server_env(data_dir, tiny_model_dir)
-    first = ServerProcess(data_dir=data_dir, env=env).start()
+    return ServerProcess(data_dir=data_dir, env=make_server_env(data_dir, tiny_model_dir)).start()
+
+
+@contextmanager
+def _after_restart(first: ServerProcess, job_id: str) -> Iterator[tuple[httpx.Client, dict[str, Any]]]:
+    """Restart on the same data, wait for the job to end; yields a client and the job's final status."""
+    second = first.restarted()
+    try:
+        with httpx.Client(base_url=second.base, timeout=30) as client:
+            done = wait_for_status(client, job_id, {"succeeded", "failed"}, timeout=180)
+            assert done["status"] == "succeeded", done
+            yield client, done
+    finally:
+        second.stop()
+
+
+def test_sigkill_mid_job_then_restart_finishes_the_job(tmp_path: Path, tiny_model_dir: Path) -> None:
+    first = _start(tmp_path, tiny_model_dir)
     body = {
         "type": "generate",
         "prompt": "a storm at sea",
@@ -35,31 +54,22 @@ def test_sigkill_mid_job_then_restart_finishes_the_job(tmp_path: Path, tiny_mode
     finally:
         first.kill()
 
-    second = first.restarted()
-    try:
-        with httpx.Client(base_url=second.base, timeout=30) as client:
-            done = wait_for_status(client, job_id, {"succeeded", "failed"}, timeout=180)
-            assert done["status"] == "succeeded", done
-            assert done["attempts"] == 2
-            after = client.get(f"/jobs/{job_id}/artifacts").json()["artifacts"]
-            assert [a["item_index"] for a in after] == [0, 1, 2]
-            assert after[0]["id"] == before[0]["id"]  # the finished item was kept, not redone
-            for art in after:
-                assert httpx.get(art["url"]).status_code == 200
-            # The job queued behind it when the server died runs too.
-            assert wait_for_status(client, queued_id, {"succeeded", "failed"})["status"] == "succeeded"
-            logs = client.get(f"/jobs/{job_id}/logs").text
-            assert "re-queued" in logs
-    finally:
-        second.stop()
+    with _after_restart(first, job_id) as (client, done):
+        assert done["attempts"] == 2
+        after = client.get(f"/jobs/{job_id}/artifacts").json()["artifacts"]
+        assert [a["item_index"] for a in after] == [0, 1, 2]
+        assert after[0]["id"] == before[0]["id"]  # the finished item was kept, not redone
+        for art in after:
+            assert httpx.get(art["url"]).status_code == 200
+        # The job queued behind it when the server died runs too.
+        assert wait_for_status(client, queued_id, {"succeeded", "failed"})["status"] == "succeeded"
+        assert "re-queued" in client.get(f"/jobs/{job_id}/logs").text
 
 
 def test_graceful_stop_requeues_the_running_job_without_using_an_attempt(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    data_dir = tmp_path / "var"
-    env = make_server_env(data_dir, tiny_model_dir)
-    first = ServerProcess(data_dir=data_dir, env=env).start()
+    first = _start(tmp_path, tiny_model_dir)
     body = {"type": "generate", "prompt": "a quiet harbour", "width": 64, "height": 64, "steps": 200}
     try:
         with httpx.Client(base_url=first.base, timeout=30) as client:
@@ -76,12 +86,6 @@ def test_graceful_stop_requeues_the_running_job_without_using_an_attempt(
     finally:
         first.kill()
 
-    second = first.restarted()
-    try:
-        with httpx.Client(base_url=second.base, timeout=30) as client:
-            done = wait_for_status(client, job_id, {"succeeded", "failed"}, timeout=180)
-            assert done["status"] == "succeeded"
-            assert done["attempts"] == 1
-            assert "shutting down" in client.get(f"/jobs/{job_id}/logs").text
-    finally:
-        second.stop()
+    with _after_restart(first, job_id) as (client, done):
+        assert done["attempts"] == 1
+        assert "shutting down" in client.get(f"/jobs/{job_id}/logs").text

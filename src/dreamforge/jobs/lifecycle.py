@@ -58,12 +58,17 @@ def finish_job(
     add_event(session, job.id, EventKind.done, {"status": status.value, "error": error})
 
 
-def requeue_job(session: Session, job: Job, reason: str) -> None:
-    """Stage running -> queued for a job whose worker was lost."""
+def requeue_job(session: Session, job: Job, reason: str, *, attempt_used: bool = True) -> None:
+    """Stage running -> queued; `attempt_used=False` (a clean shutdown) gives the attempt back.
+
+    Only attempts that ended in a crash count toward the attempt limit.
+    """
     check_transition(job.status, JobStatus.queued)
     job.status = JobStatus.queued.value
     job.worker_id = None
     job.updated_at = utcnow()
+    if not attempt_used:
+        job.attempts -= 1
     # Items without an artifact start over (with their recorded seeds) on the next attempt.
     for item in jobs_repo.get_items(session, job.id):
         if item.status == "running":

@@ -255,9 +255,7 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
         with transaction(ctx.sessions) as s:
             job = jobs_repo.get_job(s, job_id)
             assert job is not None
-            requeue_job(s, job, "the worker is shutting down")
-            # A clean shutdown is not a failed attempt: only crashes count toward DF_MAX_ATTEMPTS.
-            job.attempts -= 1
+            requeue_job(s, job, "the worker is shutting down", attempt_used=False)
         ctx.notifier.publish(job_id)
         return JobStatus.queued
     except EngineError as exc:
