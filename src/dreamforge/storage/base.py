@@ -15,6 +15,12 @@ def artifact_key(job_id: uuid.UUID, item_index: int, fmt: str) -> str:
     return f"jobs/{job_id}/{item_index}.{fmt}"
 
 
+class StorageUnavailable(Exception):
+    """The store could not be reached, even after retries; nothing was stored."""
+
+    code = "storage_unavailable"
+
+
 @dataclass(frozen=True)
 class SignedUrl:
     """A URL a client can GET until `expires_at`."""
@@ -40,3 +46,6 @@ class ArtifactStore(Protocol):
     def signed_url(self, key: str, base_url: str) -> SignedUrl:
         """A GET URL for `key`; `base_url` is the API's public root, used by stores it serves."""
         ...
+
+    def ping(self) -> None:
+        """Raise `StorageUnavailable` if the store cannot be reached (readiness probes)."""

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from dreamforge.storage.base import SignedUrl
+from dreamforge.storage.base import SignedUrl, StorageUnavailable
 from dreamforge.storage.signing import sign
 
 
@@ -56,6 +56,11 @@ class LocalArtifactStore:
         if not path.is_file():
             raise KeyError(key)
         return path.read_bytes()
+
+    def ping(self) -> None:
+        """Raise `StorageUnavailable` unless the root directory is writable."""
+        if not os.access(self.root, os.W_OK):
+            raise StorageUnavailable(f"artifact directory {self.root} is not writable")
 
     def signed_url(self, key: str, base_url: str) -> SignedUrl:
         """`{base_url}/v1/files/{key}?expires=…&sig=…`."""
