@@ -48,8 +48,7 @@ run-api: install
 	$(BIN)/uvicorn dreamforge.api.asgi:app --host 127.0.0.1 --port 8001 --reload
 
 run-worker: install
-	@echo "The embedded topology runs its worker inside 'make serve'; Celery workers arrive with the distributed topology." >&2
-	@exit 2
+	$(BIN)/dreamforge worker
 
 migrate-head: install
 	$(BIN)/alembic upgrade head

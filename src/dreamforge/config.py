@@ -23,13 +23,23 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     # Empty means the embedded default: SQLite in data_dir.
     db_url: str = ""
+    # Set: jobs go to Celery workers over this Redis, and events fan out through its pub/sub.
     redis_url: str = ""
+    # The Celery queue this API publishes to and this worker consumes (one queue per GPU class).
+    queue: str = "gpu.default"
     models_root: Path | None = None
 
+    # Set: artifacts live in this S3-compatible bucket (MinIO in Compose) instead of data_dir.
     minio_endpoint: str = ""
     minio_access_key: str = ""
     minio_secret_key: str = ""
     minio_bucket: str = "dreamforge"
+    minio_region: str = "us-east-1"
+    # The endpoint clients reach, when it differs from the one the services use (presigned URLs
+    # carry the host they were signed for).
+    minio_public_endpoint: str = ""
+    # Tries per artifact upload before the item fails with `storage_unavailable`.
+    storage_retry_attempts: int = Field(default=5, ge=1, le=20)
 
     # Lifetime of artifact URLs (local signed URLs and S3 presigned URLs).
     artifact_url_ttl_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
@@ -38,6 +48,13 @@ class Settings(BaseSettings):
 
     # A job interrupted by a crash is run again at most this many times in total.
     max_attempts: int = Field(default=3, ge=1, le=20)
+    # A running job whose worker has not renewed its lease for this long is taken to be abandoned.
+    lease_seconds: float = Field(default=30.0, ge=1)
+    # How often the API re-queues abandoned jobs and re-sends jobs the broker never received.
+    recovery_interval_seconds: float = Field(default=5.0, gt=0)
+    # A job still running after this long fails with `time_limit_exceeded`. The broker's visibility
+    # timeout is derived from it, so a healthy long job is never redelivered while it runs.
+    job_time_limit_seconds: int = Field(default=3600, ge=10)
     default_model: str = ""
 
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -54,6 +71,16 @@ class Settings(BaseSettings):
         if self.db_url:
             return self.db_url
         return f"sqlite:///{(self.data_dir / 'dreamforge.db').resolve()}"
+
+    @property
+    def distributed(self) -> bool:
+        """True when jobs go through Celery on Redis rather than the in-process worker."""
+        return bool(self.redis_url)
+
+    @property
+    def visibility_timeout_seconds(self) -> int:
+        """How long the broker waits for an ack before redelivering: longer than any job may run."""
+        return self.job_time_limit_seconds + 600
 
     @property
     def models_dir(self) -> Path:

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from dreamforge import __version__
 from dreamforge.api.errors import install_error_handlers
 from dreamforge.api.middleware import RequestIdMiddleware
-from dreamforge.api.routes import files, jobs, models
+from dreamforge.api.routes import files, health, jobs, models
 from dreamforge.config import Settings
 from dreamforge.runtime import Runtime, build_runtime
 
@@ -47,4 +47,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_middleware(RequestIdMiddleware)
     for router in (jobs.router, models.router, files.router):
         app.include_router(router, prefix="/v1")
+    app.include_router(health.router)
     return app

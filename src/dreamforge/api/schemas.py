@@ -44,6 +44,21 @@ class ErrorResponse(BaseModel):
     correlation_id: str | None = Field(default=None, description="Equals the response's `X-Request-Id`.")
 
 
+class HealthResponse(BaseModel):
+    """Liveness: the process answers."""
+
+    status: Literal["ok"] = "ok"
+
+
+class ReadinessResponse(BaseModel):
+    """Readiness: every dependency answered."""
+
+    status: Literal["ready"] = "ready"
+    checks: dict[str, str] = Field(
+        description="Each dependency (`database`, `storage`, and `broker` when distributed) and `ok`."
+    )
+
+
 class JobCreateRequest(BaseModel):
     """A request to generate `count` images from a prompt.
 

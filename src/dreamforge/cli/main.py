@@ -38,7 +38,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (DF_PORT, default 8001).")] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
 ) -> None:
-    """Run the API with its in-process worker (embedded topology); migrates the database first."""
+    """Run the API; embedded, it also runs jobs in-process. Migrates the database first."""
     import uvicorn
 
     from dreamforge.api.app import create_app
@@ -51,6 +51,38 @@ def serve(
         port=port or settings.port,
         log_level="debug" if verbose else "info",
         timeout_graceful_shutdown=5,
+    )
+
+
+@app.command()
+def worker(
+    queue: Annotated[
+        str | None, typer.Option(help="Queue to consume (DF_QUEUE, default gpu.default).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
+) -> None:
+    """Run one Celery GPU worker (distributed topology): one process, one job at a time, per GPU.
+
+    SIGTERM stops it gracefully: the job in progress is re-queued at its next step.
+    """
+    settings = Settings()
+    if not settings.distributed:
+        err.print("[red]error:[/red] DF_REDIS_URL is not set; the embedded topology runs jobs inside 'serve'")
+        raise typer.Exit(2)
+    _configure_logging(verbose)
+    from dreamforge.worker.celery_app import app as celery
+
+    celery.worker_main(
+        [
+            "worker",
+            # solo: the model stays loaded in this one process, and SIGTERM reaches the running job.
+            "--pool=solo",
+            "--concurrency=1",
+            f"--queues={queue or settings.queue}",
+            f"--loglevel={'DEBUG' if verbose else 'INFO'}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
     )
 
 

@@ -100,6 +100,10 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(200))
+    # Renewed by the running worker's heartbeat; once it lapses the job counts as abandoned.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    # When the job was last handed to the broker; NULL while queued means no message carries it.
+    dispatched_at: Mapped[datetime | None] = mapped_column()
     error_code: Mapped[str | None] = mapped_column(String(100))
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

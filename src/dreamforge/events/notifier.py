@@ -7,10 +7,14 @@ or duplicated notification can delay an event by one poll interval but never los
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 import uuid
 from collections import defaultdict
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 class Subscription:
@@ -85,3 +89,85 @@ class LocalNotifier:
                 subs.discard(sub)
                 if not subs:
                     del self._subs[sub.job_id]
+
+
+class RedisNotifier:
+    """Cross-process fan-out over Redis pub/sub: workers publish, every API process listens.
+
+    Each API process runs one listener thread that wakes its local streams. While Redis is down,
+    publishes are dropped and streams fall back to polling the database; no event is lost.
+    """
+
+    CHANNEL = "dreamforge:job-events"
+    # After a failed publish, stay quiet this long so a dead Redis does not slow the worker down.
+    BACKOFF_SECONDS = 2.0
+
+    def __init__(self, redis_url: str, *, listen: bool) -> None:
+        import redis
+
+        self._redis_url = redis_url
+        self._client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+        self._local = LocalNotifier()
+        self._listen = listen
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen_loop, name="dreamforge-events", daemon=True)
+        self._quiet_until = 0.0
+
+    def start(self) -> None:
+        """Start the listener thread (API processes only)."""
+        if self._listen:
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening and close connections."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._client.close()
+
+    def publish(self, job_id: uuid.UUID) -> None:
+        """Wake local streams now and tell every other process, if Redis answers."""
+        import redis
+
+        self._local.publish(job_id)
+        if time.monotonic() < self._quiet_until:
+            return
+        try:
+            self._client.publish(self.CHANNEL, str(job_id))
+        except redis.RedisError as exc:
+            self._quiet_until = time.monotonic() + self.BACKOFF_SECONDS
+            log.warning("event notification not sent (%s); streams will poll", exc)
+
+    def subscribe(self, job_id: uuid.UUID) -> Subscription:
+        """Register a stream of `job_id` in this process."""
+        return self._local.subscribe(job_id)
+
+    def _listen_loop(self) -> None:
+        import redis
+
+        delay = 0.5
+        while not self._stop.is_set():
+            client = redis.Redis.from_url(
+                self._redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
+            )
+            try:
+                with client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call]
+                    pubsub.subscribe(self.CHANNEL)
+                    delay = 0.5
+                    while not self._stop.is_set():
+                        message = pubsub.get_message(timeout=1.0)
+                        if message and message.get("type") == "message":
+                            self._wake(message["data"])
+            except redis.RedisError as exc:
+                log.warning("event listener lost Redis (%s); reconnecting in %.1fs", exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                client.close()
+
+    def _wake(self, data: bytes | str) -> None:
+        try:
+            job_id = uuid.UUID(data.decode() if isinstance(data, bytes) else data)
+        except ValueError:
+            return
+        self._local.publish(job_id)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -43,6 +44,7 @@ def finish_job(
     check_transition(job.status, status)
     now = utcnow()
     job.status = status.value
+    job.lease_expires_at = None
     job.finished_at = now
     job.updated_at = now
     error = None
@@ -66,6 +68,9 @@ def requeue_job(session: Session, job: Job, reason: str, *, attempt_used: bool =
     check_transition(job.status, JobStatus.queued)
     job.status = JobStatus.queued.value
     job.worker_id = None
+    job.lease_expires_at = None
+    # No message carries the job now: whoever re-queues it sends one, or the reconciler does.
+    job.dispatched_at = None
     job.updated_at = utcnow()
     if not attempt_used:
         job.attempts -= 1
@@ -78,15 +83,13 @@ def requeue_job(session: Session, job: Job, reason: str, *, attempt_used: bool =
     log_event(session, job.id, "warning", f"{reason}; re-queued")
 
 
-def settle_interrupted(session: Session, max_attempts: int) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
-    """Settle jobs left `running` by a dead worker: re-queue them, or fail those out of attempts.
+Settled = tuple[list[uuid.UUID], list[uuid.UUID]]
 
-    Only safe where no other worker can be running them (the embedded topology at start-up).
-    Returns (re-queued ids, failed ids).
-    """
+
+def _settle(session: Session, jobs: Sequence[Job], max_attempts: int) -> Settled:
     requeued: list[uuid.UUID] = []
     failed: list[uuid.UUID] = []
-    for job in jobs_repo.jobs_in_status(session, JobStatus.running):
+    for job in jobs:
         if job.attempts >= max_attempts:
             finish_job(
                 session,
@@ -100,3 +103,17 @@ def settle_interrupted(session: Session, max_attempts: int) -> tuple[list[uuid.U
             requeue_job(session, job, f"the worker running attempt {job.attempts} stopped")
             requeued.append(job.id)
     return requeued, failed
+
+
+def settle_interrupted(session: Session, max_attempts: int) -> Settled:
+    """Settle every job left `running`: re-queue it, or fail it when out of attempts.
+
+    Only safe where no other worker can be running them (the embedded topology at start-up).
+    Returns (re-queued ids, failed ids).
+    """
+    return _settle(session, jobs_repo.jobs_in_status(session, JobStatus.running), max_attempts)
+
+
+def settle_abandoned(session: Session, max_attempts: int, job_id: uuid.UUID | None = None) -> Settled:
+    """Settle running jobs whose worker's lease has lapsed (all of them, or just `job_id`)."""
+    return _settle(session, jobs_repo.abandoned_jobs(session, job_id), max_attempts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -27,7 +28,11 @@ def jobs_in_status(session: Session, status: JobStatus) -> Sequence[Job]:
     return session.scalars(select(Job).where(Job.status == status.value).order_by(Job.created_at)).all()
 
 
-def claim_job(session: Session, job_id: uuid.UUID, worker_id: str) -> bool:
+def _changed_one(result: object) -> bool:
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+def claim_job(session: Session, job_id: uuid.UUID, worker_id: str, lease_seconds: float) -> bool:
     """Atomically move a queued job to running for `worker_id`; False if another got it first."""
     now = utcnow()
     result = session.execute(
@@ -37,12 +42,66 @@ def claim_job(session: Session, job_id: uuid.UUID, worker_id: str) -> bool:
             status=JobStatus.running.value,
             worker_id=worker_id,
             attempts=Job.attempts + 1,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
             started_at=now,
             updated_at=now,
         )
         .execution_options(synchronize_session=False)
     )
-    return bool(getattr(result, "rowcount", 0) == 1)
+    return _changed_one(result)
+
+
+def renew_lease(session: Session, job_id: uuid.UUID, worker_id: str, lease_seconds: float) -> bool:
+    """Extend the lease of a job `worker_id` is running; False if the job is no longer its own."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.running.value, Job.worker_id == worker_id)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return _changed_one(result)
+
+
+def abandoned_jobs(session: Session, job_id: uuid.UUID | None = None) -> Sequence[Job]:
+    """Running jobs whose lease has lapsed (their worker died or hung), locked for update."""
+    stmt = select(Job).where(
+        Job.status == JobStatus.running.value,
+        Job.lease_expires_at.is_not(None),
+        Job.lease_expires_at < utcnow(),
+    )
+    if job_id is not None:
+        stmt = stmt.where(Job.id == job_id)
+    # SKIP LOCKED: two reapers never settle the same job twice (ignored by SQLite, which has one writer).
+    return session.scalars(stmt.order_by(Job.created_at).with_for_update(skip_locked=True)).all()
+
+
+def undispatched_jobs(session: Session, older_than_seconds: float, limit: int = 100) -> Sequence[uuid.UUID]:
+    """Queued jobs no broker message carries, left that way for longer than `older_than_seconds`."""
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    stmt = (
+        select(Job.id)
+        .where(Job.status == JobStatus.queued.value, Job.dispatched_at.is_(None), Job.updated_at < cutoff)
+        .order_by(Job.created_at)
+        .limit(limit)
+    )
+    return session.scalars(stmt).all()
+
+
+def mark_dispatched(session: Session, job_id: uuid.UUID) -> None:
+    """Record that the broker accepted a message for this job (no-op once a worker has it)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued.value)
+        .values(dispatched_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def delete_job(session: Session, job_id: uuid.UUID) -> None:
+    """Remove a job no worker can have seen, with its items and events."""
+    job = session.get(Job, job_id)
+    if job is not None:
+        session.delete(job)
 
 
 def get_items(session: Session, job_id: uuid.UUID) -> Sequence[JobItem]:

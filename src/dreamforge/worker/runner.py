@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,17 +21,17 @@ from sqlalchemy.orm import Session
 
 from dreamforge.api.schemas import JobStatus
 from dreamforge.db.session import transaction
-from dreamforge.db.tables import Artifact, utcnow
+from dreamforge.db.tables import Artifact, Job, utcnow
 from dreamforge.engines.base import EngineError, ModelSpec, RenderRequest
 from dreamforge.events.kinds import EventKind
 from dreamforge.events.repository import add_event
 from dreamforge.jobs import repository as jobs_repo
-from dreamforge.jobs.lifecycle import finish_job, log_event, requeue_job
+from dreamforge.jobs.lifecycle import finish_job, log_event, requeue_job, settle_abandoned
 from dreamforge.jobs.state import DENOISE_WEIGHT
 from dreamforge.recipe.compose import compose
 from dreamforge.recipe.embed import encode_image
 from dreamforge.registry import repository as models_repo
-from dreamforge.storage.base import CONTENT_TYPES, artifact_key
+from dreamforge.storage.base import CONTENT_TYPES, StorageUnavailable, artifact_key
 from dreamforge.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,56 @@ class JobInterrupted(Exception):
     """The worker is shutting down; the job goes back to the queue without using up an attempt."""
 
 
-class _JobRun:
-    """The rendering part of one attempt at one job."""
+class JobLost(Exception):
+    """The job's lease lapsed and it was settled elsewhere; this worker must not touch it again."""
+
+
+class LeaseKeeper:
+    """Renews the job's lease from a background thread while the job runs.
+
+    Another process treats a job whose lease has lapsed as abandoned, so a lease that cannot be
+    renewed (the job was re-queued elsewhere) tells this worker to stop.
+    """
 
     def __init__(self, ctx: WorkerContext, job_id: uuid.UUID) -> None:
         self.ctx = ctx
         self.job_id = job_id
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(5)
+
+    def _loop(self) -> None:
+        lease = self.ctx.settings.lease_seconds
+        while not self._done.wait(lease / 3):
+            try:
+                with transaction(self.ctx.sessions) as s:
+                    held = jobs_repo.renew_lease(s, self.job_id, self.ctx.worker_id, lease)
+            except Exception as exc:
+                # A brief database outage: keep rendering and try again; the lease has slack.
+                log.warning("job %s: lease not renewed (%s); retrying", self.job_id, exc)
+                continue
+            if not held:
+                log.error("job %s: lease lost; abandoning this attempt", self.job_id)
+                self.lost.set()
+                return
+
+
+class _JobRun:
+    """The rendering part of one attempt at one job."""
+
+    def __init__(self, ctx: WorkerContext, job_id: uuid.UUID, lease: LeaseKeeper) -> None:
+        self.ctx = ctx
+        self.job_id = job_id
+        self.lease = lease
+        self.deadline = time.monotonic() + ctx.settings.job_time_limit_seconds
         self.params: dict[str, Any] = {}
         self.count = 0
         self.model_info: dict[str, Any] = {}
@@ -61,6 +106,25 @@ class _JobRun:
         with transaction(self.ctx.sessions) as session:
             yield session
         self.ctx.notifier.publish(self.job_id)
+
+    def check(self) -> None:
+        """Stop between steps if the worker is stopping, the job was taken away or ran too long."""
+        if self.lease.lost.is_set():
+            raise JobLost
+        if self.ctx.stopping.is_set():
+            raise JobInterrupted
+        if time.monotonic() > self.deadline:
+            raise EngineError(
+                "time_limit_exceeded",
+                f"the job ran longer than {self.ctx.settings.job_time_limit_seconds}s",
+            )
+
+    def owned_job(self, s: Session) -> Job:
+        """The job row, if this worker still holds it; raises `JobLost` otherwise."""
+        job = jobs_repo.get_job(s, self.job_id)
+        if job is None or job.status != JobStatus.running.value or job.worker_id != self.ctx.worker_id:
+            raise JobLost
+        return job
 
     def execute(self) -> None:
         with self.ctx.sessions() as s:
@@ -101,8 +165,7 @@ class _JobRun:
         for item_index, recorded_seed in items:
             if item_index in done:
                 continue
-            if self.ctx.stopping.is_set():
-                raise JobInterrupted
+            self.check()
             seed = self._seed_for(item_index, recorded_seed, self.params.get("seed"))
             with self.unit() as s:
                 item = jobs_repo.get_item(s, self.job_id, item_index)
@@ -146,8 +209,7 @@ class _JobRun:
 
         def on_step(step: int, total: int) -> None:
             nonlocal last_emit
-            if self.ctx.stopping.is_set():
-                raise JobInterrupted
+            self.check()
             now = time.monotonic()
             if 1 < step < total and now - last_emit < PROGRESS_INTERVAL_SECONDS:
                 return
@@ -190,6 +252,7 @@ class _JobRun:
         # Store first, then record: an artifact row always points at bytes that exist.
         self.ctx.store.put(key, data, content_type)
         with self.unit() as s:
+            job = self.owned_job(s)
             artifact = jobs_repo.get_artifact_for_item(s, self.job_id, item_index)
             if artifact is None:
                 artifact = Artifact(
@@ -210,8 +273,6 @@ class _JobRun:
             assert item is not None
             item.status = "succeeded"
             item.progress = 1.0
-            job = jobs_repo.get_job(s, self.job_id)
-            assert job is not None
             job.completed = len(jobs_repo.list_artifacts(s, self.job_id))
             job.updated_at = utcnow()
             add_event(s, self.job_id, EventKind.artifact, {"artifact_id": str(artifact.id)}, item_index)
@@ -226,10 +287,16 @@ class _JobRun:
 def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
     """Claim `job_id` and run it to `succeeded` or `failed` (`queued` again if the worker is stopping).
 
-    Returns None if the job was not ours to run (already claimed, finished or missing).
+    Returns None if the job was not ours to run (running elsewhere, finished, missing, or lost).
     """
+    settings = ctx.settings
     with transaction(ctx.sessions) as s:
-        if not jobs_repo.claim_job(s, job_id, ctx.worker_id):
+        # A redelivered message may find its job still marked running by a worker that died.
+        requeued, failed = settle_abandoned(s, settings.max_attempts, job_id)
+    if requeued or failed:
+        ctx.notifier.publish(job_id)
+    with transaction(ctx.sessions) as s:
+        if not jobs_repo.claim_job(s, job_id, ctx.worker_id, settings.lease_seconds):
             job = jobs_repo.get_job(s, job_id)
             log.info("job %s not claimed (status %s)", job_id, job.status if job else "missing")
             return None
@@ -239,33 +306,38 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
         attempts = job.attempts
         add_event(s, job_id, EventKind.status, {"status": JobStatus.running.value})
         log_event(
-            s,
-            job_id,
-            "info",
-            f"started on {ctx.worker_id} (attempt {attempts} of {ctx.settings.max_attempts})",
+            s, job_id, "info", f"started on {ctx.worker_id} (attempt {attempts} of {settings.max_attempts})"
         )
     ctx.notifier.publish(job_id)
 
     status = JobStatus.succeeded
     code: str | None = None
     message: str | None = None
-    try:
-        _JobRun(ctx, job_id).execute()
-    except JobInterrupted:
-        with transaction(ctx.sessions) as s:
-            job = jobs_repo.get_job(s, job_id)
-            assert job is not None
-            requeue_job(s, job, "the worker is shutting down", attempt_used=False)
-        ctx.notifier.publish(job_id)
-        return JobStatus.queued
-    except EngineError as exc:
-        status, code, message = JobStatus.failed, exc.code, exc.message
-    except Exception as exc:
-        log.exception("job %s crashed", job_id)
-        status, code, message = JobStatus.failed, "engine_error", f"{type(exc).__name__}: {exc}"
-    with transaction(ctx.sessions) as s:
-        job = jobs_repo.get_job(s, job_id)
-        assert job is not None
-        finish_job(s, job, status, code, message)
+    with LeaseKeeper(ctx, job_id) as lease:
+        run = _JobRun(ctx, job_id, lease)
+        try:
+            run.execute()
+        except JobLost:
+            return None
+        except JobInterrupted:
+            try:
+                with transaction(ctx.sessions) as s:
+                    requeue_job(s, run.owned_job(s), "the worker is shutting down", attempt_used=False)
+            except JobLost:
+                return None
+            ctx.notifier.publish(job_id)
+            return JobStatus.queued
+        except EngineError as exc:
+            status, code, message = JobStatus.failed, exc.code, exc.message
+        except StorageUnavailable as exc:
+            status, code, message = JobStatus.failed, StorageUnavailable.code, str(exc)
+        except Exception as exc:
+            log.exception("job %s crashed", job_id)
+            status, code, message = JobStatus.failed, "engine_error", f"{type(exc).__name__}: {exc}"
+        try:
+            with transaction(ctx.sessions) as s:
+                finish_job(s, run.owned_job(s), status, code, message)
+        except JobLost:
+            return None
     ctx.notifier.publish(job_id)
     return status

@@ -28,7 +28,9 @@ from dreamforge.api.views import artifact_view, job_view, progress_view
 from dreamforge.db.tables import Job
 from dreamforge.events.repository import log_events
 from dreamforge.jobs import repository as jobs_repo
+from dreamforge.jobs.dispatch import BrokerUnavailable
 from dreamforge.jobs.service import create_job, find_replay, request_fingerprint
+from dreamforge.runtime import Runtime
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -48,6 +50,26 @@ def _created(job: Job) -> JobCreatedResponse:
     return JobCreatedResponse(
         job=JobSummaryRef(id=job.id, status=job.status, type="generate", created_at=job.created_at)
     )
+
+
+def _dispatch_or_withdraw(session: Session, runtime: Runtime, job_id: uuid.UUID) -> None:
+    """Hand the committed job to the broker; if it is unreachable, withdraw the job and answer 503.
+
+    A 503 means nothing was accepted, so a client may simply retry (with the same Idempotency-Key).
+    """
+    try:
+        runtime.dispatcher.dispatch(job_id)
+    except BrokerUnavailable as exc:
+        # No message carries the job, so no worker can have it: deleting it is safe. Were the
+        # delete to fail too, the reconciler would send the job once the broker is back.
+        jobs_repo.delete_job(session, job_id)
+        session.commit()
+        raise ApiError(
+            503,
+            "broker_unavailable",
+            "the job queue is unreachable; the job was not accepted, retry shortly",
+            {"component": "broker", "reason": str(exc)},
+        ) from None
 
 
 @router.post(
@@ -92,7 +114,7 @@ def create(
             raise
         job, created = replay, False
     if created:
-        runtime.dispatcher.dispatch(job.id)
+        _dispatch_or_withdraw(session, runtime, job.id)
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"

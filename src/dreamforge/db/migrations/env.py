@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from alembic import context
+from sqlalchemy import Connection
 
 from dreamforge.db.session import create_db_engine
 from dreamforge.db.tables import Base
@@ -29,13 +30,22 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _run(connection: Connection) -> None:
+    # Batch mode lets later ALTERs run on SQLite, which cannot alter columns in place.
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
 def run_migrations_online() -> None:
+    given = config.attributes.get("connection")
+    if given is not None:
+        # upgrade_to_head holds a lock on this connection while migrating.
+        _run(given)
+        return
     engine = create_db_engine(_url())
     with engine.connect() as connection:
-        # Batch mode lets later ALTERs run on SQLite, which cannot alter columns in place.
-        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
-        with context.begin_transaction():
-            context.run_migrations()
+        _run(connection)
     engine.dispose()
 
 

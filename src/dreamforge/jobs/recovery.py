@@ -1,0 +1,78 @@
+"""The reconciler: no accepted job is left stuck when workers die or the broker drops a message.
+
+It runs in every process of the distributed topology and repeats two idempotent sweeps:
+running jobs whose lease lapsed are re-queued (or failed once out of attempts), and queued
+jobs that no broker message carries are sent again. Duplicate messages are harmless because
+workers claim jobs atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dreamforge.db.session import transaction
+from dreamforge.events.notifier import Notifier
+from dreamforge.jobs import repository as jobs_repo
+from dreamforge.jobs.dispatch import BrokerUnavailable, Dispatcher
+from dreamforge.jobs.lifecycle import settle_abandoned
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    """A background thread that settles abandoned jobs and re-sends undispatched ones."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        dispatcher: Dispatcher,
+        notifier: Notifier,
+        *,
+        max_attempts: int,
+        interval_seconds: float,
+    ) -> None:
+        self.sessions = sessions
+        self.dispatcher = dispatcher
+        self.notifier = notifier
+        self.max_attempts = max_attempts
+        self.interval = interval_seconds
+        # The API sends a job right after accepting it; wait a little longer before resending.
+        self.grace_seconds = max(10.0, 2 * interval_seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dreamforge-reconciler", daemon=True)
+
+    def start(self) -> None:
+        """Start sweeping."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop sweeping."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sweep()
+            except (SQLAlchemyError, BrokerUnavailable) as exc:
+                log.warning("reconciler: sweep skipped (%s)", exc)
+
+    def sweep(self) -> int:
+        """One pass of both sweeps; returns how many jobs were sent to the broker."""
+        with transaction(self.sessions) as s:
+            requeued, failed = settle_abandoned(s, self.max_attempts)
+        for job_id in [*requeued, *failed]:
+            self.notifier.publish(job_id)
+        if requeued or failed:
+            log.warning("reconciler: %d abandoned job(s) re-queued, %d failed", len(requeued), len(failed))
+        with self.sessions() as s:
+            pending = jobs_repo.undispatched_jobs(s, self.grace_seconds)
+        pending = list(dict.fromkeys([*requeued, *pending]))
+        for job_id in pending:
+            self.dispatcher.dispatch(job_id)
+        return len(pending)
