@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -12,7 +14,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from support import ServerProcess, cli_env
+from s3_server import MotoS3
+from support import ServerProcess, WorkerProcess, cli_env
 
 from dreamforge.config import Settings
 from dreamforge.db.migrate import upgrade_to_head
@@ -67,8 +70,8 @@ def register_tiny(db_url: str, tiny_model_dir: Path, name: str = "tiny-sdxl") ->
         engine.dispose()
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
+@contextmanager
+def pg_database() -> Iterator[str]:
     """A fresh, empty Postgres database on loopback, dropped afterwards."""
     import psycopg
 
@@ -81,9 +84,125 @@ def pg_url() -> Iterator[str]:
         raise
     with conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty Postgres database on loopback, dropped afterwards."""
+    with pg_database() as url:
+        yield url
+
+
+def redis_url() -> str:
+    """The shared Redis on loopback (DF_TEST_REDIS_URL); skips, or fails under CI=true, if it is down."""
+    import redis
+
+    url = os.environ.get("DF_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        _unavailable("Redis", exc)
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoS3]:
+    """moto's S3 server on loopback, shared by the session; tests keep apart by bucket."""
+    server = MotoS3().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Stack:
+    """A running topology as a user sees it: an API base URL, and in the distributed one, workers."""
+
+    topology: str
+    api: ServerProcess
+    env: dict[str, str]
+    workers: list[WorkerProcess] = field(default_factory=list)
+    db_url: str = ""
+    bucket: str = ""
+
+    @property
+    def base(self) -> str:
+        return self.api.base
+
+    def add_worker(self) -> WorkerProcess:
+        """Start one more `dreamforge worker` on the same services."""
+        worker = WorkerProcess(data_dir=self.api.data_dir, env=self.env).start()
+        self.workers.append(worker)
+        return worker
+
+    def add_api(self) -> ServerProcess:
+        """Start another API process on the same services (another replica)."""
+        return ServerProcess(data_dir=self.api.data_dir, env=self.env).start()
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.api.stop()
+
+
+@contextmanager
+def embedded_stack(data_dir: Path, tiny_model_dir: Path) -> Iterator[Stack]:
+    """`dreamforge serve` alone: SQLite, local artifacts, the in-process worker."""
+    env = make_server_env(data_dir, tiny_model_dir)
+    stack = Stack("embedded", ServerProcess(data_dir=data_dir, env=env).start(), env)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@contextmanager
+def distributed_stack(
+    data_dir: Path, tiny_model_dir: Path, s3: MotoS3, *, workers: int = 1, **extra: str
+) -> Iterator[Stack]:
+    """API + Celery workers on a fresh Postgres database, the loopback Redis and moto's S3.
+
+    Each stack gets its own queue name and bucket, so stacks never see each other's messages.
+    """
+    broker = extra.pop("DF_REDIS_URL", None) or redis_url()
+    with pg_database() as db_url:
+        register_tiny(db_url, tiny_model_dir)
+        tag = uuid.uuid4().hex[:8]
+        bucket = f"df-e2e-{tag}"
+        env = cli_env(
+            data_dir,
+            DF_DB_URL=db_url,
+            DF_REDIS_URL=broker,
+            DF_QUEUE=f"gpu.default.test-{tag}",
+            DF_SIGNING_SECRET="e2e-secret",
+            DF_SSE_PING_SECONDS="1",
+            # Short leases and sweeps, so a killed worker's job is recovered within seconds.
+            DF_LEASE_SECONDS="3",
+            DF_RECOVERY_INTERVAL_SECONDS="0.5",
+            DF_STORAGE_RETRY_ATTEMPTS="2",
+            **s3.env(bucket),
+            **extra,
+        )
+        data_dir.mkdir(parents=True, exist_ok=True)
+        stack = Stack(
+            "distributed", ServerProcess(data_dir=data_dir, env=env), env, db_url=db_url, bucket=bucket
+        )
+        try:
+            stack.api.start()
+            for _ in range(workers):
+                stack.add_worker()
+            yield stack
+        finally:
+            stack.stop()
 
 
 def make_server_env(data_dir: Path, tiny_model_dir: Path, **extra: str) -> dict[str, str]:
@@ -93,19 +212,26 @@ def make_server_env(data_dir: Path, tiny_model_dir: Path, **extra: str) -> dict[
     return cli_env(data_dir, DF_SIGNING_SECRET="e2e-secret", DF_SSE_PING_SECONDS="1", **extra)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[ServerProcess]:
-    """A running `dreamforge serve` with the tiny model, shared by one test module."""
-    data_dir = tmp_path_factory.mktemp("server") / "var"
-    proc = ServerProcess(data_dir=data_dir, env=make_server_env(data_dir, tiny_model_dir)).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
+@pytest.fixture(scope="module", params=["embedded", "distributed"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+) -> Iterator[Stack]:
+    """The service with the tiny model, shared by one test module, in each topology.
+
+    The same end-to-end tests run against both: only DF_* settings differ.
+    """
+    data_dir = tmp_path_factory.mktemp(request.param) / "var"
+    if request.param == "embedded":
+        with embedded_stack(data_dir, tiny_model_dir) as stack:
+            yield stack
+    else:
+        s3: MotoS3 = request.getfixturevalue("moto_s3")
+        with distributed_stack(data_dir, tiny_model_dir, s3) as stack:
+            yield stack
 
 
 @pytest.fixture
-def client(server: ServerProcess) -> Iterator[httpx.Client]:
+def client(server: Stack) -> Iterator[httpx.Client]:
     """An HTTP client for the running server's /v1."""
     with httpx.Client(base_url=server.base, timeout=30) as c:
         yield c

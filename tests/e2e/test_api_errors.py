@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
+from conftest import Stack
 from support import wait_for_status
 
 from dreamforge.storage.signing import sign
@@ -84,7 +85,9 @@ def test_unknown_route_method_and_client_request_id(client: httpx.Client) -> Non
     )
 
 
-def test_artifact_urls_refuse_tampering_and_expiry(client: httpx.Client) -> None:
+def test_artifact_urls_refuse_tampering_and_expiry(client: httpx.Client, server: Stack) -> None:
+    if server.topology == "distributed":
+        pytest.skip("S3 checks its own presigned URLs; moto, our S3 here, enforces no signature or expiry")
     job_id = client.post("/jobs", json=JOB).json()["job"]["id"]
     wait_for_status(client, job_id, {"succeeded"})
     art = client.get(f"/jobs/{job_id}/artifacts").json()["artifacts"][0]
