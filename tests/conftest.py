@@ -15,6 +15,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from s3_server import MotoS3
+from sqlalchemy.engine import make_url
 from support import ServerProcess, WorkerProcess, cli_env
 
 from dreamforge.config import Settings
@@ -22,7 +23,9 @@ from dreamforge.db.migrate import upgrade_to_head
 from dreamforge.db.session import create_db_engine, make_session_factory, transaction
 from dreamforge.registry.install import register_model
 
-PG_ADMIN_URL = os.environ.get("DF_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL: str = os.environ.get(
+    "DF_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def _unavailable(what: str, exc: Exception) -> None:
@@ -68,6 +71,11 @@ def register_tiny(db_url: str, tiny_model_dir: Path, name: str = "tiny-sdxl") ->
             return str(model.id)
     finally:
         engine.dispose()
+
+
+def pg_port() -> int:
+    """The port of the test Postgres server."""
+    return make_url(PG_ADMIN_URL).port or 5432
 
 
 @contextmanager
@@ -167,20 +175,32 @@ def embedded_stack(data_dir: Path, tiny_model_dir: Path) -> Iterator[Stack]:
 
 @contextmanager
 def distributed_stack(
-    data_dir: Path, tiny_model_dir: Path, s3: MotoS3, *, workers: int = 1, **extra: str
+    data_dir: Path,
+    tiny_model_dir: Path,
+    s3: MotoS3,
+    *,
+    workers: int = 1,
+    db_port: int | None = None,
+    **extra: str,
 ) -> Iterator[Stack]:
     """API + Celery workers on a fresh Postgres database, the loopback Redis and moto's S3.
 
     Each stack gets its own queue name and bucket, so stacks never see each other's messages.
+    `db_port` sends the services' database traffic through another port (a test's proxy).
     """
     broker = extra.pop("DF_REDIS_URL", None) or redis_url()
     with pg_database() as db_url:
         register_tiny(db_url, tiny_model_dir)
         tag = uuid.uuid4().hex[:8]
         bucket = f"df-e2e-{tag}"
+        served_db_url = (
+            db_url
+            if db_port is None
+            else make_url(db_url).set(port=db_port).render_as_string(hide_password=False)
+        )
         env = cli_env(
             data_dir,
-            DF_DB_URL=db_url,
+            DF_DB_URL=served_db_url,
             DF_REDIS_URL=broker,
             DF_QUEUE=f"gpu.default.test-{tag}",
             DF_SIGNING_SECRET="e2e-secret",
