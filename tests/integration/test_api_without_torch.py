@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from conftest import redis_url
+
 PROBE = """
 import sys
 from fastapi.testclient import TestClient
@@ -19,8 +22,14 @@ sys.exit(1 if loaded else 0)
 """
 
 
-def test_api_serves_without_importing_the_engine_stack(tmp_path: Path) -> None:
+@pytest.mark.parametrize("topology", ["embedded", "distributed"])
+def test_api_serves_without_importing_the_engine_stack(
+    tmp_path: Path, topology: str, request: pytest.FixtureRequest
+) -> None:
     env = {"DF_DATA_DIR": str(tmp_path / "var"), "PATH": "/usr/bin:/bin"}
+    if topology == "distributed":
+        # The distributed API process: Celery publisher, Redis listener, reconciler, Postgres.
+        env |= {"DF_REDIS_URL": redis_url(), "DF_DB_URL": request.getfixturevalue("pg_url")}
     result = subprocess.run(
         [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120
     )

@@ -74,11 +74,14 @@ class _WorkerState:
         self.runtime: Any = None
 
     def get(self) -> Any:
+        """The runtime, built and started on first use (migrations, storage, reconciler)."""
         from dreamforge.runtime import build_worker_runtime
 
         with self.lock:
             if self.runtime is None:
-                self.runtime = build_worker_runtime(Settings(), app)
+                runtime = build_worker_runtime(Settings(), app)
+                runtime.start()
+                self.runtime = runtime
             return self.runtime
 
 
@@ -102,8 +105,9 @@ def _run_job_task(task: Any, job_id: str) -> str | None:
 
 
 def _on_ready(**_: Any) -> None:
-    # Build (and migrate) before the first job, so start-up problems show at once in the log.
-    worker_state.get().start()
+    # Build (and migrate) before the first job, so start-up problems show at once in the log;
+    # if the database is down now, the first job tries again.
+    worker_state.get()
 
 
 def _on_worker_shutdown(**_: Any) -> None:

@@ -37,6 +37,9 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 _ERR = {"model": ErrorResponse}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {**_ERR, "description": "Not found"}}
 INVALID: dict[int | str, dict[str, Any]] = {422: {**_ERR, "description": "Validation error"}}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {**_ERR, "description": "A dependency is down: `database_unavailable` (retry shortly)"}
+}
 
 
 def _load_job(session: Session, job_id: uuid.UUID) -> Job:
@@ -81,7 +84,10 @@ def _dispatch_or_withdraw(session: Session, runtime: Runtime, job_id: uuid.UUID)
     responses={
         409: {**_ERR, "description": "Idempotency conflict"},
         **INVALID,
-        503: {**_ERR, "description": "Infra unavailable"},
+        503: {
+            **_ERR,
+            "description": "Not accepted, retry shortly: `broker_unavailable` or `database_unavailable`",
+        },
     },
 )
 def create(
@@ -126,7 +132,7 @@ def create(
     response_model=JobStatusResponse,
     operation_id="getJob",
     summary="Get job status",
-    responses={**NOT_FOUND, **INVALID},
+    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
 def get(id: uuid.UUID, session: SessionDep) -> JobStatusResponse:
     """A job's status, item counts and, when it failed, why."""
@@ -138,7 +144,7 @@ def get(id: uuid.UUID, session: SessionDep) -> JobStatusResponse:
     response_model=ArtifactListResponse,
     operation_id="listArtifacts",
     summary="List artifacts for a job",
-    responses={**NOT_FOUND, **INVALID},
+    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
 def artifacts(
     id: uuid.UUID, session: SessionDep, runtime: RuntimeDep, base_url: BaseUrlDep
@@ -165,6 +171,7 @@ def artifacts(
         },
         **NOT_FOUND,
         **INVALID,
+        **UNAVAILABLE,
     },
 )
 def logs(
@@ -198,7 +205,7 @@ def logs(
     response_model=ProgressResponse,
     operation_id="getProgress",
     summary="Get aggregated progress for a job",
-    responses={**NOT_FOUND, **INVALID},
+    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
 def progress(id: uuid.UUID, session: SessionDep) -> ProgressResponse:
     """Overall and per-item progress, with the stage weights behind them."""
@@ -226,6 +233,7 @@ def progress(id: uuid.UUID, session: SessionDep) -> ProgressResponse:
         },
         **NOT_FOUND,
         **INVALID,
+        **UNAVAILABLE,
     },
 )
 async def stream(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from dreamforge.api.deps import SessionDep
 from dreamforge.api.errors import not_found
-from dreamforge.api.routes.jobs import INVALID, NOT_FOUND
+from dreamforge.api.routes.jobs import INVALID, NOT_FOUND, UNAVAILABLE
 from dreamforge.api.schemas import ModelDescriptor, ModelListResponse
 from dreamforge.api.views import model_descriptor, model_summary
 from dreamforge.registry import repository as models_repo
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/models", tags=["models"])
     response_model=ModelListResponse,
     operation_id="listModels",
     summary="List enabled models",
-    responses=INVALID,
+    responses={**INVALID, **UNAVAILABLE},
 )
 def list_models(
     session: SessionDep,
@@ -39,7 +39,7 @@ def list_models(
     response_model=ModelDescriptor,
     operation_id="getModel",
     summary="Get model descriptor",
-    responses={**NOT_FOUND, **INVALID},
+    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
 def get_model(id: uuid.UUID, session: SessionDep) -> ModelDescriptor:
     """One model with its capabilities and provenance."""
