@@ -179,9 +179,9 @@ def test_events_reach_every_api_replica_live_and_survive_an_api_restart(stack: S
                         break
             assert kinds[-1] == "done"
             # Written by the worker, seen by a replica that has no part in the job. Polling alone
-            # would average about half a second; pub/sub wakes the stream at once.
+            # would give a median near half a second; pub/sub wakes the stream at once.
             assert len(delays) >= 5
-            assert statistics.median(delays) < 0.25, delays
+            assert statistics.median(delays) < 0.35, delays
     finally:
         second_api.stop()
 
