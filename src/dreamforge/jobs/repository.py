@@ -18,6 +18,11 @@ def get_job(session: Session, job_id: uuid.UUID) -> Job | None:
     return session.get(Job, job_id)
 
 
+def lock_job(session: Session, job_id: uuid.UUID) -> Job | None:
+    """The job, row-locked until the transaction ends, so no reconciler settles it meanwhile."""
+    return session.get(Job, job_id, with_for_update=True)
+
+
 def get_job_by_idempotency_key(session: Session, key: str) -> Job | None:
     """The job created with this `Idempotency-Key`, if any."""
     return session.scalars(select(Job).where(Job.idempotency_key == key)).first()

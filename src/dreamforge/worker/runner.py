@@ -120,8 +120,8 @@ class _JobRun:
             )
 
     def owned_job(self, s: Session) -> Job:
-        """The job row, if this worker still holds it; raises `JobLost` otherwise."""
-        job = jobs_repo.get_job(s, self.job_id)
+        """The job row, locked, if this worker still holds it; raises `JobLost` otherwise."""
+        job = jobs_repo.lock_job(s, self.job_id)
         if job is None or job.status != JobStatus.running.value or job.worker_id != self.ctx.worker_id:
             raise JobLost
         return job
