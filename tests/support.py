@@ -47,28 +47,21 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subpr
 
 
 @dataclass
-class ServerProcess:
-    """A `dreamforge serve` subprocess on a loopback port."""
+class DreamforgeProcess:
+    """A `dreamforge` subprocess in its own process group, logging to a file in `data_dir`."""
 
     data_dir: Path
     env: dict[str, str]
-    port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
-    @property
-    def root(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def base(self) -> str:
-        return f"{self.root}/v1"
-
-    def start(self, timeout: float = 60) -> ServerProcess:
-        self.log_path = self.data_dir / f"server-{int(time.time() * 1000)}.log"
+    def _launch(self, args: list[str], ready: Callable[[], bool], timeout: float) -> None:
+        """Start `dreamforge ARGS` and wait until `ready()`; fail with the log if it exits or stalls."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir / f"{args[0]}-{time.time_ns()}.log"
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [DREAMFORGE, "serve", "--port", str(self.port)],
+            [DREAMFORGE, *args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -78,18 +71,11 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log_text()}")
-            try:
-                if httpx.get(f"{self.base}/models", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
+                raise RuntimeError(f"dreamforge {args[0]} exited early:\n{self.log_text()}")
+            if ready():
+                return
             time.sleep(0.1)
-        raise RuntimeError(f"server did not start:\n{self.log_text()}")
-
-    def restarted(self) -> ServerProcess:
-        """A new server on the same data directory and port, started."""
-        return ServerProcess(data_dir=self.data_dir, env=self.env, port=self.port).start()
+        raise RuntimeError(f"dreamforge {args[0]} did not become ready:\n{self.log_text()}")
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
@@ -100,64 +86,55 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it lingers."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-@dataclass
-class WorkerProcess:
-    """A `dreamforge worker` (Celery, solo pool) subprocess."""
-
-    data_dir: Path
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
-
-    def start(self, timeout: float = 60) -> WorkerProcess:
-        """Start and wait until Celery reports the worker ready to consume."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.data_dir / f"worker-{time.time_ns()}.log"
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [DREAMFORGE, "worker"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{self.log_text()}")
-            if " ready." in self.log_text():
-                return self
-            time.sleep(0.1)
-        raise RuntimeError(f"worker did not become ready:\n{self.log_text()}")
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
-
-    def kill(self) -> None:
-        """SIGKILL: the job in progress is abandoned with no chance to clean up."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
     def stop(self, timeout: float = 30) -> None:
-        """SIGTERM (Celery's warm shutdown), then SIGKILL if it lingers."""
+        """SIGTERM (graceful shutdown), then SIGKILL if it lingers."""
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@dataclass
+class ServerProcess(DreamforgeProcess):
+    """A `dreamforge serve` subprocess on a loopback port."""
+
+    port: int = field(default_factory=free_port)
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base(self) -> str:
+        return f"{self.root}/v1"
+
+    def start(self, timeout: float = 60) -> ServerProcess:
+        """Start and wait until the API answers."""
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"{self.base}/models", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        self._launch(["serve", "--port", str(self.port)], answers, timeout)
+        return self
+
+    def restarted(self) -> ServerProcess:
+        """A new server on the same data directory and port, started."""
+        return ServerProcess(data_dir=self.data_dir, env=self.env, port=self.port).start()
+
+
+@dataclass
+class WorkerProcess(DreamforgeProcess):
+    """A `dreamforge worker` (Celery, solo pool) subprocess."""
+
+    def start(self, timeout: float = 60) -> WorkerProcess:
+        """Start and wait until Celery reports the worker ready to consume."""
+        self._launch(["worker"], lambda: " ready." in self.log_text(), timeout)
+        return self
 
 
 @dataclass

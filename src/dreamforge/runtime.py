@@ -123,10 +123,32 @@ def _redis_check(redis_url: str) -> Check:
 
 @dataclass
 class _Parts:
+    """What every process has, whatever the topology."""
+
+    settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
     store: ArtifactStore
     checks: dict[str, Check]
+
+    def runtime(
+        self,
+        notifier: Notifier,
+        dispatcher: Dispatcher,
+        services: list[Service],
+        worker_context: WorkerContext | None = None,
+    ) -> Runtime:
+        return Runtime(
+            settings=self.settings,
+            db_engine=self.engine,
+            sessions=self.sessions,
+            store=self.store,
+            notifier=notifier,
+            dispatcher=dispatcher,
+            services=services,
+            checks=self.checks,
+            worker_context=worker_context,
+        )
 
 
 def _common(settings: Settings, migrate: bool) -> _Parts:
@@ -138,7 +160,7 @@ def _common(settings: Settings, migrate: bool) -> _Parts:
     checks: dict[str, Check] = {"database": _database_check(engine), "storage": store.ping}
     if settings.distributed:
         checks["broker"] = _redis_check(settings.redis_url)
-    return _Parts(engine, make_session_factory(engine), store, checks)
+    return _Parts(settings, engine, make_session_factory(engine), store, checks)
 
 
 def _distributed(settings: Settings, parts: _Parts, celery: Any, *, listen: bool) -> Runtime:
@@ -151,16 +173,7 @@ def _distributed(settings: Settings, parts: _Parts, celery: Any, *, listen: bool
         max_attempts=settings.max_attempts,
         interval_seconds=settings.recovery_interval_seconds,
     )
-    return Runtime(
-        settings=settings,
-        db_engine=parts.engine,
-        sessions=parts.sessions,
-        store=parts.store,
-        notifier=notifier,
-        dispatcher=dispatcher,
-        services=[notifier, reconciler],
-        checks=parts.checks,
-    )
+    return parts.runtime(notifier, dispatcher, [notifier, reconciler])
 
 
 def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -176,17 +189,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     notifier = LocalNotifier()
     ctx = WorkerContext(settings=settings, sessions=parts.sessions, store=parts.store, notifier=notifier)
     runner = InProcessRunner(ctx)
-    return Runtime(
-        settings=settings,
-        db_engine=parts.engine,
-        sessions=parts.sessions,
-        store=parts.store,
-        notifier=notifier,
-        dispatcher=runner,
-        services=[runner],
-        checks=parts.checks,
-        worker_context=ctx,
-    )
+    return parts.runtime(notifier, runner, [runner], worker_context=ctx)
 
 
 def build_worker_runtime(settings: Settings, celery: Any) -> Runtime:
