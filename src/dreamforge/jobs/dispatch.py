@@ -51,11 +51,3 @@ class CeleryDispatcher:
         except SQLAlchemyError as exc:
             # Unmarked, the reconciler sends it again later: a duplicate message is a no-op.
             log.warning("job %s sent but not marked dispatched: %s", job_id, exc)
-
-    def ping(self) -> None:
-        """Raise `BrokerUnavailable` unless the broker answers."""
-        try:
-            with self.celery.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, timeout=3)
-        except Exception as exc:
-            raise BrokerUnavailable(f"the job queue is unreachable: {exc}") from exc
