@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from dreamforge.recipe.infotext import ParamValue, build_infotext, format_value, parse_infotext
 
 
@@ -48,12 +50,16 @@ def test_round_trip_through_the_parser() -> None:
         "Seed": 123,
         "Size": "64x64",
         "Model": "name, with: separators",
-        "Hashes": '{"model": "0123456789"}',
+        "Hashes": {"model": "0123456789", "vae": "abcdef0123"},
+        "Civitai resources": [{"type": "checkpoint", "modelVersionId": 7}],
+        "Version": "dreamforge 0.1.0",
     }
     prompt, negative, parsed = parse_infotext(build_infotext("héllo wörld", "ugly, bad", params))
     assert prompt == "héllo wörld"
     assert negative == "ugly, bad"
     assert parsed["Seed"] == "123"
     assert parsed["Model"] == "name, with: separators"
-    assert parsed["Hashes"] == '{"model": "0123456789"}'
+    assert json.loads(parsed["Hashes"]) == {"model": "0123456789", "vae": "abcdef0123"}
+    assert json.loads(parsed["Civitai resources"]) == [{"type": "checkpoint", "modelVersionId": 7}]
+    assert parsed["Version"] == "dreamforge 0.1.0"
     assert len(parsed) == len(params)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 
 from dreamforge.recipe.compose import compose
@@ -58,5 +60,8 @@ def test_unipc_has_no_schedule_type_and_civitai_models_link() -> None:
     _, _, params = parse_infotext(infotext)
     assert params["Sampler"] == "UniPC"
     assert "Schedule type" not in params
-    assert params["Civitai resources"] == '[{"type":"checkpoint","modelVersionId":1234}]'
-    assert params["Hashes"] == '{"model": "a5f58eb1c3"}'
+    assert json.loads(params["Civitai resources"]) == [{"type": "checkpoint", "modelVersionId": 1234}]
+    assert json.loads(params["Hashes"]) == {"model": "a5f58eb1c3"}
+    # Bare JSON, as Civitai's parser matches it (`Hashes: {...}`), never a JSON-quoted string.
+    assert ', Hashes: {"model": "a5f58eb1c3"}' in infotext
+    assert re.search(r", Civitai resources:\s*(\[\{.*?\}\])", infotext)

@@ -48,10 +48,10 @@ def compose(
     }
     civitai_version = extra.get("civitai_version_id")
     if civitai_version is not None:
-        infotext_params["Hashes"] = f'{{"model": "{autov2(model["sha256"])}"}}'
-        infotext_params["Civitai resources"] = (
-            f'[{{"type":"checkpoint","modelVersionId":{int(civitai_version)}}}]'
-        )
+        infotext_params["Hashes"] = {"model": autov2(model["sha256"])}
+        infotext_params["Civitai resources"] = [
+            {"type": "checkpoint", "modelVersionId": int(civitai_version)}
+        ]
     infotext = build_infotext(params["prompt"], params.get("negative_prompt"), infotext_params)
     recipe: dict[str, Any] = {
         "schema": RECIPE_SCHEMA,

@@ -2,7 +2,9 @@
 
 Written by hand: no maintained library produces it, and its quoting rules are short.
 Layout: prompt line(s), optional `Negative prompt: …` line(s), then one parameter line
-starting `Steps: ` with `Key: value` pairs joined by `, `.
+starting `Steps: ` with `Key: value` pairs joined by `, `. JSON objects and arrays (`Hashes`,
+`Civitai resources`) are written bare, because Civitai's parser matches `Hashes: {…}` and
+`Civitai resources: [{…}]` and would not decode a JSON-quoted string there.
 """
 
 from __future__ import annotations
@@ -11,15 +13,20 @@ import json
 import re
 from collections.abc import Mapping
 
-ParamValue = str | int | float | None
+ParamValue = str | int | float | dict[str, object] | list[object] | None
 
 _NEEDS_QUOTING = re.compile(r"[,:\n]")
-# Key: value pairs on the parameter line; a value is a JSON string or runs to the next comma.
-_PARAM = re.compile(r'\s*([\w ][\w \-/]*):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# Key: value pairs on the parameter line; a value is a JSON string, a flat JSON object, a JSON
+# array of flat objects, or runs to the next comma.
+_PARAM = re.compile(
+    r'\s*([\w ][\w \-/]*):\s*("(?:\\.|[^\\"])+"|\{[^{}]*\}|\[(?:[^\[\]{}]|\{[^{}]*\})*\]|[^,]*)(?:,|$)'
+)
 
 
-def format_value(value: str | int | float) -> str:
-    """A value as A1111 writes it: JSON-quoted when it holds `,`, `:` or a newline."""
+def format_value(value: str | int | float | dict[str, object] | list[object]) -> str:
+    """A value as A1111 writes it: JSON-quoted when it holds `,`, `:` or a newline; objects bare."""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value)
@@ -28,7 +35,7 @@ def format_value(value: str | int | float) -> str:
 
 def build_infotext(prompt: str, negative_prompt: str | None, params: Mapping[str, ParamValue]) -> str:
     """Render the infotext; keys with no value are left out, order is kept."""
-    parts = [f"{key}: {format_value(value)}" for key, value in params.items() if value not in (None, "")]
+    parts = [f"{key}: {format_value(value)}" for key, value in params.items() if value or value == 0]
     lines = [prompt.strip()]
     if negative_prompt and negative_prompt.strip():
         lines.append(f"Negative prompt: {negative_prompt.strip()}")
