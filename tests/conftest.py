@@ -14,6 +14,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from fakehubs import FakeCivitai, FakeHub
 from s3_server import MotoS3
 from sqlalchemy.engine import make_url
 from support import ServerProcess, WorkerProcess, cli_env
@@ -255,3 +256,55 @@ def client(server: Stack) -> Iterator[httpx.Client]:
     """An HTTP client for the running server's /v1."""
     with httpx.Client(base_url=server.base, timeout=30) as c:
         yield c
+
+
+def folder_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under `root` by its `/`-separated relative path (a repo's content for the fake Hub)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+SDXL_CONFIG_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
+
+
+@pytest.fixture
+def fake_hub(tiny_model_dir: Path) -> Iterator[FakeHub]:
+    """A local Hugging Face Hub. Its SDXL base repo holds the tiny pipeline's configs and tokenizers,
+    which is what a single-file tiny checkpoint loads against (the real repo's would not fit it)."""
+    hub = FakeHub().start()
+    configs = {
+        path: data
+        for path, data in folder_bytes(tiny_model_dir).items()
+        if not path.endswith(".safetensors") and ("/" in path or path == "model_index.json")
+    }
+    hub.add_repo(SDXL_CONFIG_REPO, configs)
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+@pytest.fixture
+def fake_civitai() -> Iterator[FakeCivitai]:
+    """A local Civitai: the model-version API, the download endpoint and its storage CDN."""
+    civitai = FakeCivitai().start()
+    try:
+        yield civitai
+    finally:
+        civitai.stop()
+
+
+def download_env(data_dir: Path, hub: FakeHub, civitai: FakeCivitai, **extra: str) -> dict[str, str]:
+    """Environment of a `dreamforge model download` process that reaches only the fake sources."""
+    env = cli_env(
+        data_dir,
+        HF_ENDPOINT=hub.url,
+        DF_CIVITAI_ENDPOINT=civitai.url,
+        HF_HOME=str(data_dir / "hf-home"),
+        **extra,
+    )
+    # Downloading is the one thing allowed to reach a hub: the fake one.
+    env.pop("HF_HUB_OFFLINE", None)
+    for name in ("HF_TOKEN", "CIVITAI_TOKEN"):
+        if name not in extra:
+            env.pop(name, None)
+    return env

@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -55,7 +55,22 @@ class Settings(BaseSettings):
     # A job still running after this long fails with `time_limit_exceeded`. The broker's visibility
     # timeout is derived from it, so a healthy long job is never redelivered while it runs.
     job_time_limit_seconds: int = Field(default=3600, ge=10)
+    # The model a job without `model_id` renders with (a registry name). Unset: an enabled model
+    # named for the default provider (its name contains "epicrealism"), else the newest enabled one.
     default_model: str = ""
+
+    # Model downloads. Hugging Face's endpoint and token are huggingface_hub's own `HF_ENDPOINT` and
+    # `HF_TOKEN` (or a stored `hf auth login`), read by that library.
+    civitai_endpoint: str = "https://civitai.com"
+    # Sent only to the Civitai host, never along a redirect to another host.
+    civitai_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("CIVITAI_TOKEN", "DF_CIVITAI_TOKEN")
+    )
+    # Where a single-file SDXL checkpoint's small config and tokenizer files come from, fetched at
+    # download time so that loading never reaches a hub.
+    sdxl_config_repo: str = "stabilityai/stable-diffusion-xl-base-1.0"
+    # Tries per file before a download gives up; each try resumes where the last one stopped.
+    download_attempts: int = Field(default=5, ge=1, le=50)
 
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"

@@ -226,13 +226,30 @@ class ModelSummary(BaseModel):
     parameters_schema: dict[str, Any] = Field(default_factory=dict)
 
 
+class ModelFile(BaseModel):
+    """One installed file of a model."""
+
+    path: str = Field(description="Path relative to the model's folder")
+    size_bytes: int
+    sha256: str
+
+
 class ModelDescriptor(ModelSummary):
     """A model with its capabilities and provenance."""
 
     capabilities: list[str] = Field(default_factory=list)
-    source: str | None = None
-    sha256: str | None = None
+    source: str | None = Field(
+        default=None, description="Where it was installed from: `hf:<repo>[#file]`, `civitai:<version id>`"
+    )
+    revision: str | None = Field(
+        default=None, description="The source revision installed: a Hub commit or a Civitai version id"
+    )
+    sha256: str | None = Field(
+        default=None, description="SHA-256 of the checkpoint file (of the file manifest for a folder)"
+    )
+    autov2: str | None = Field(default=None, description="First 10 hex digits of `sha256` (A1111/Civitai)")
     size_bytes: int | None = None
+    files: list[ModelFile] = Field(default_factory=list)
     note: str | None = None
 
 

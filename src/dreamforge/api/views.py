@@ -12,6 +12,7 @@ from dreamforge.api.schemas import (
     JobStatusResponse,
     JobStep,
     ModelDescriptor,
+    ModelFile,
     ModelSummary,
     ProgressItem,
     ProgressResponse,
@@ -101,7 +102,10 @@ def model_descriptor(row: tables.Model) -> ModelDescriptor:
         **base,
         capabilities=list(row.capabilities or []),
         source=row.source,
+        revision=row.revision,
         sha256=row.sha256,
+        autov2=row.sha256[:10] if row.sha256 else None,
         size_bytes=row.size_bytes,
+        files=[ModelFile(path=f["path"], size_bytes=f["size"], sha256=f["sha256"]) for f in row.files or []],
         note=TINY_NOTE if row.is_tiny else None,
     )

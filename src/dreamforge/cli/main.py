@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Annotated
@@ -10,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from dreamforge.cli import models
 from dreamforge.config import Settings
 
 app = typer.Typer(
@@ -19,8 +19,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-model_app = typer.Typer(help="Manage installed models.", no_args_is_help=True)
-app.add_typer(model_app, name="model")
+app.add_typer(models.app, name="model")
 
 err = Console(stderr=True)
 
@@ -104,45 +103,6 @@ def demo(
     # transformers warns once about optional torchvision image processors SDXL never uses.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     raise typer.Exit(run_demo(Settings(), prompt=prompt, size=size, steps=steps, console=err))
-
-
-@model_app.command("create-tiny")
-def create_tiny(
-    name: Annotated[str, typer.Option(help="Registry name for the model.")] = "tiny-sdxl",
-    single_file: Annotated[
-        bool,
-        typer.Option("--single-file", help="Write one original-layout .safetensors plus a config folder."),
-    ] = False,
-) -> None:
-    """Build a tiny SDXL-architecture model with RANDOM weights (its images are noise) and enable it.
-
-    It loads through the same code path as a real checkpoint, for tests and demos without downloads.
-    """
-    from dreamforge.db.migrate import upgrade_to_head
-    from dreamforge.db.session import create_db_engine, make_session_factory, transaction
-    from dreamforge.registry.install import ModelNameTaken, create_tiny_model
-
-    settings = Settings()
-    settings.ensure_dirs()
-    upgrade_to_head(settings.database_url)
-    engine = create_db_engine(settings.database_url)
-    try:
-        with transaction(make_session_factory(engine)) as session:
-            model = create_tiny_model(session, settings.models_dir, name, single_file=single_file)
-            out = {
-                "id": str(model.id),
-                "name": model.name,
-                "layout": model.layout,
-                "path": model.path,
-                "sha256": model.sha256,
-                "note": "random weights: images are noise, for tests and demos only",
-            }
-    except ModelNameTaken as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    finally:
-        engine.dispose()
-    typer.echo(json.dumps(out, indent=2))
 
 
 def main() -> None:

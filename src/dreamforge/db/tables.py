@@ -20,6 +20,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -79,6 +80,8 @@ class Model(Base):
     is_tiny: Mapped[bool] = mapped_column(Boolean, default=False)
     parameters_schema: Mapped[dict[str, Any]] = mapped_column(default=dict)
     capabilities: Mapped[list[Any]] = mapped_column(default=list)
+    # Every file of the install, `{"path": relative to the model folder, "size", "sha256"}`.
+    files: Mapped[list[Any]] = mapped_column(default=list, server_default=text("'[]'"))
     extra: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

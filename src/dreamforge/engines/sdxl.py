@@ -135,9 +135,10 @@ class SDXLEngine:
             return StableDiffusionXLPipeline.from_single_file(
                 str(path), config=model.config_path, local_files_only=True, dtype=self.dtype
             )
-        variant = (
-            "fp16" if self.dtype == torch.float16 and any(path.glob("unet/*.fp16.safetensors")) else None
-        )
+        # The downloader keeps only fp16 weights when a repo offers them; fp32 devices upcast them.
+        has_fp16 = any(path.glob("unet/*.fp16*.safetensors"))
+        has_plain = any(p for p in path.glob("unet/*.safetensors") if ".fp16" not in p.name)
+        variant = "fp16" if has_fp16 and (self.dtype == torch.float16 or not has_plain) else None
         return StableDiffusionXLPipeline.from_pretrained(
             str(path), local_files_only=True, use_safetensors=True, dtype=self.dtype, variant=variant
         )

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from dreamforge.db.tables import Model
 from dreamforge.registry import repository as models_repo
-from dreamforge.registry.hashing import sha256_file, sha256_folder, size_of
+from dreamforge.registry.hashing import FileRecord, file_records, manifest_digest
 
 CAPABILITIES = ["text-to-image"]
 
@@ -51,11 +51,23 @@ def register_model(
     is_tiny: bool = False,
     enabled: bool = True,
     extra: dict[str, Any] | None = None,
+    files: list[FileRecord] | None = None,
 ) -> Model:
-    """Hash the checkpoint on disk and stage its registry row."""
+    """Stage the registry row of a checkpoint on disk; `files` are hashed here unless given.
+
+    A single-file model's folder is the checkpoint's parent (it also holds `config/`).
+    """
     if models_repo.get_model_by_name(session, name) is not None:
         raise ModelNameTaken(f"a model named {name!r} is already registered")
-    digest = sha256_file(path) if layout == "single_file" else sha256_folder(path)
+    root = path.parent if layout == "single_file" else path
+    records = files if files is not None else file_records(root)
+    if layout == "single_file":
+        checkpoint = path.relative_to(root).as_posix()
+        digest = next(r["sha256"] for r in records if r["path"] == checkpoint)
+        size = next(r["size"] for r in records if r["path"] == checkpoint)
+    else:
+        digest = manifest_digest(records)
+        size = sum(r["size"] for r in records)
     model = Model(
         name=name,
         kind="sdxl-checkpoint",
@@ -66,12 +78,13 @@ def register_model(
         source=source,
         revision=revision,
         sha256=digest,
-        size_bytes=size_of(path),
+        size_bytes=size,
         installed=True,
         enabled=enabled,
         is_tiny=is_tiny,
         parameters_schema=sdxl_parameters_schema(),
         capabilities=list(CAPABILITIES),
+        files=list(records),
         extra=extra or {},
     )
     session.add(model)

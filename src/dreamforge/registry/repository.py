@@ -31,3 +31,15 @@ def list_models(
     if enabled is not None:
         stmt = stmt.where(Model.enabled.is_(enabled))
     return session.scalars(stmt.order_by(Model.created_at.desc())).all()
+
+
+def get_model_by_source(session: Session, source: str, revision: str) -> Model | None:
+    """The model installed from this reference at this revision."""
+    stmt = select(Model).where(Model.source == source, Model.revision == revision)
+    return session.scalars(stmt).first()
+
+
+def find_models_by_source(session: Session, source: str) -> Sequence[Model]:
+    """Models installed from this reference, at any revision, newest first."""
+    stmt = select(Model).where(Model.source == source).order_by(Model.created_at.desc())
+    return session.scalars(stmt).all()

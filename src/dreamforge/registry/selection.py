@@ -10,9 +10,12 @@ from dreamforge.db.tables import Model
 from dreamforge.registry import repository as models_repo
 
 INSTALL_HINT = (
-    "install one with `dreamforge model create-tiny` (random weights, for trying the service) "
-    "or `dreamforge model download <ref> --enable`"
+    "install one with `dreamforge model download <ref> --enable`, where <ref> is civitai:<version id> "
+    "(EpicRealism XL is published on Civitai) or hf:<owner>/<repo>, or try the service with "
+    "`dreamforge model create-tiny` (random weights: images are noise)"
 )
+# The default provider's own checkpoint family: an enabled model named for it is preferred.
+PROVIDER_MODEL_HINT = "epicrealism"
 
 
 class ModelUnavailable(Exception):
@@ -25,7 +28,10 @@ class ModelUnavailable(Exception):
 
 
 def resolve_model(session: Session, model_id: uuid.UUID | None, default_name: str = "") -> Model:
-    """The model for a job: `model_id` if given, else the configured default, else the newest enabled."""
+    """The model for a job: `model_id`, else `DF_DEFAULT_MODEL`, else the newest enabled one.
+
+    Without either, a model named for the default provider (`epicrealism` in its name) comes first.
+    """
     if model_id is not None:
         model = models_repo.get_model(session, model_id)
         if model is None:
@@ -46,4 +52,5 @@ def resolve_model(session: Session, model_id: uuid.UUID | None, default_name: st
         raise ModelUnavailable(
             f"no model is installed and enabled; {INSTALL_HINT}", model_id=None, reason="none"
         )
-    return candidates[0]
+    named = [m for m in candidates if PROVIDER_MODEL_HINT in m.name.lower()]
+    return (named or candidates)[0]

@@ -1,0 +1,310 @@
+"""`dreamforge model ...`: install, verify and inspect the models of this machine's registry.
+
+These commands work on the registry directly (`DF_DB_URL`, `DF_MODELS_ROOT`), not through the
+API: run them where the models live (in Compose, the worker container with the models volume).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.table import Table
+from sqlalchemy.orm import Session, sessionmaker
+
+from dreamforge.api.views import model_descriptor
+from dreamforge.cli.output import (
+    OutputFormat,
+    OutputOpt,
+    QuietOpt,
+    VerboseOpt,
+    configure_logging,
+    emit_json,
+    emit_table,
+    err,
+    fail,
+)
+from dreamforge.cli.progress import progress_for
+from dreamforge.config import Settings
+from dreamforge.db.tables import Model
+
+app = typer.Typer(
+    help="Install (download), verify and list models. Exit codes: 0 ok, 1 failed, 2 usage error.",
+    no_args_is_help=True,
+)
+
+RefArg = Annotated[
+    str,
+    typer.Argument(
+        help="hf:<owner>/<repo>[@revision][#file.safetensors] or civitai:<version id>", show_default=False
+    ),
+]
+ModelArg = Annotated[str, typer.Argument(help="Model id, name, or the ref it was installed from.")]
+
+
+@contextmanager
+def _registry() -> Iterator[tuple[Settings, sessionmaker[Session]]]:
+    from dreamforge.db.migrate import upgrade_to_head
+    from dreamforge.db.session import create_db_engine, make_session_factory
+
+    settings = Settings()
+    settings.ensure_dirs()
+    upgrade_to_head(settings.database_url)
+    engine = create_db_engine(settings.database_url)
+    try:
+        yield settings, make_session_factory(engine)
+    finally:
+        engine.dispose()
+
+
+def _record(model: Model) -> dict[str, Any]:
+    data = model_descriptor(model).model_dump(mode="json")
+    data["path"] = model.path
+    return data
+
+
+def _find(session: Session, key: str) -> Model:
+    """A model by id, name, or source reference; exits 1 (2 for a bad ref) when there is none."""
+    from dreamforge.registry import repository as models_repo
+    from dreamforge.registry.refs import CivitaiRef, HfRef, RefError, parse_ref
+
+    try:
+        model = models_repo.get_model(session, uuid.UUID(key))
+    except ValueError:
+        model = None
+    if model is None and ":" in key:
+        try:
+            ref = parse_ref(key)
+        except RefError as exc:
+            raise fail(str(exc), code=2) from None
+        if isinstance(ref, CivitaiRef):
+            candidates = list(models_repo.find_models_by_source(session, f"civitai:{ref.version_id}"))
+        else:
+            rev = ref.revision
+            source = str(HfRef(ref.repo_id, None, ref.filename))
+            candidates = [
+                m
+                for m in models_repo.find_models_by_source(session, source)
+                if rev is None or rev == m.version or (m.revision or "").startswith(rev)
+            ]
+        model = candidates[0] if candidates else None
+    if model is None:
+        model = models_repo.get_model_by_name(session, key)
+    if model is None:
+        raise fail(f"no installed model matches {key!r} (see `dreamforge model list`)")
+    return model
+
+
+def _table(models: list[Model]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    table.add_column("ID", no_wrap=True)
+    table.add_column("NAME", overflow="fold")
+    table.add_column("VERSION", overflow="fold", max_width=12)
+    table.add_column("SOURCE", overflow="fold")
+    table.add_column("SIZE", justify="right", no_wrap=True)
+    table.add_column("ON", no_wrap=True)
+    for m in models:
+        table.add_row(
+            str(m.id)[:8],
+            m.name,
+            m.version or "",
+            m.source or "",
+            f"{m.size_bytes / 1e9:.2f} GB" if m.size_bytes >= 1e8 else f"{m.size_bytes / 1e6:.1f} MB",
+            "yes" if m.enabled else "no",
+        )
+    return table
+
+
+@app.command("download")
+def download(
+    ref: RefArg,
+    enable: Annotated[bool, typer.Option("--enable", help="Make it available to jobs right away.")] = False,
+    name: Annotated[str | None, typer.Option(help="Registry name (default: from the source).")] = None,
+    version: Annotated[str | None, typer.Option(help="Version label (default: from the source).")] = None,
+    output: OutputOpt = OutputFormat.json,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Download a checkpoint, verify its SHA-256, and register it (resumes an interrupted download).
+
+    HF_TOKEN is sent only to the Hugging Face endpoint (HF_ENDPOINT), CIVITAI_TOKEN only to
+    DF_CIVITAI_ENDPOINT. Only .safetensors files are installed; pickle formats are refused.
+    """
+    from dreamforge.registry.download import InvalidModelName, ModelDownloader, validate_name
+    from dreamforge.registry.formats import UnsafeFile
+    from dreamforge.registry.install import ModelNameTaken
+    from dreamforge.registry.refs import RefError, parse_ref
+    from dreamforge.registry.transfer import DownloadError
+
+    configure_logging(verbose)
+    try:
+        parsed = parse_ref(ref)
+        if name is not None:
+            validate_name(name)
+    except (RefError, InvalidModelName) as exc:
+        raise fail(str(exc), code=2) from None
+    started = time.monotonic()
+    with (
+        _registry() as (settings, sessions),
+        httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0)) as client,
+    ):
+        try:
+            with progress_for(err, quiet=quiet) as progress:
+                result = ModelDownloader(settings, sessions, client, progress).download(
+                    parsed, name=name, version=version, enable=enable
+                )
+        except (DownloadError, UnsafeFile, ModelNameTaken) as exc:
+            raise fail(str(exc)) from None
+        with sessions() as session:
+            model = session.get(Model, result.model.id)
+            assert model is not None
+            record = _record(model)
+            table = _table([model])
+    if not quiet:
+        verb = "already installed" if result.already_installed else "installed"
+        state = "enabled" if record["enabled"] else "disabled (use --enable or `dreamforge model enable`)"
+        err.print(
+            f"{verb}: {record['name']} ({record['id']}), {state}; "
+            f"{result.fetched_bytes:,} bytes fetched in {time.monotonic() - started:.1f}s"
+        )
+    if output is OutputFormat.table:
+        emit_table(table)
+        return
+    emit_json(
+        {
+            "status": "already_installed" if result.already_installed else "installed",
+            "fetched_bytes": result.fetched_bytes,
+            "model": record,
+        }
+    )
+
+
+@app.command("verify")
+def verify(
+    model: ModelArg,
+    output: OutputOpt = OutputFormat.json,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Re-hash every file of an installed model; exit 1 and name each file that differs."""
+    from dreamforge.registry.verify import verify_model
+
+    configure_logging(verbose)
+    with _registry() as (_, sessions), sessions() as session:
+        report = verify_model(_find(session, model))
+    if output is OutputFormat.table:
+        table = Table(box=None, pad_edge=False)
+        table.add_column("FILE", overflow="fold")
+        table.add_column("STATUS", no_wrap=True)
+        for f in report.files:
+            table.add_row(f.path, f.status if f.status == "ok" else f"[red]{f.status}[/red]")
+        emit_table(table)
+    else:
+        emit_json(
+            {
+                "model_id": report.model_id,
+                "name": report.name,
+                "ok": report.ok,
+                "files": [vars(f) for f in report.files],
+            }
+        )
+    if not report.ok:
+        for f in report.files:
+            if f.status != "ok":
+                detail = f" (expected {f.expected}, found {f.actual})" if f.actual else ""
+                err.print(f"[red]{f.status}:[/red] {f.path}{detail}")
+        raise typer.Exit(1)
+    if not quiet:
+        err.print(f"ok: {len(report.files)} files of {report.name} match the registry")
+
+
+@app.command("list")
+def list_models(
+    enabled: Annotated[bool, typer.Option("--enabled", help="Only models jobs may use.")] = False,
+    output: OutputOpt = OutputFormat.json,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Installed models, newest first (disabled ones too, unless --enabled)."""
+    from dreamforge.registry import repository as models_repo
+
+    configure_logging(verbose)
+    with _registry() as (_, sessions), sessions() as session:
+        models = list(models_repo.list_models(session, enabled=True if enabled else None))
+        if output is OutputFormat.table:
+            emit_table(_table(models))
+        else:
+            emit_json({"models": [_record(m) for m in models]})
+
+
+@app.command("get")
+def get(model: ModelArg, output: OutputOpt = OutputFormat.json, verbose: VerboseOpt = False) -> None:
+    """One model: provenance, hashes and files."""
+    configure_logging(verbose)
+    with _registry() as (_, sessions), sessions() as session:
+        row = _find(session, model)
+        if output is OutputFormat.table:
+            emit_table(_table([row]))
+        else:
+            emit_json(_record(row))
+
+
+def _set_enabled(model: str, enabled: bool, output: OutputFormat) -> None:
+    from dreamforge.db.session import transaction
+
+    with _registry() as (_, sessions), transaction(sessions) as session:
+        row = _find(session, model)
+        row.enabled = enabled
+        session.flush()
+        if output is OutputFormat.table:
+            emit_table(_table([row]))
+        else:
+            emit_json(_record(row))
+
+
+@app.command("enable")
+def enable_model(model: ModelArg, output: OutputOpt = OutputFormat.json) -> None:
+    """Let jobs use a model."""
+    _set_enabled(model, True, output)
+
+
+@app.command("disable")
+def disable_model(model: ModelArg, output: OutputOpt = OutputFormat.json) -> None:
+    """Stop new jobs from using a model (its files stay installed)."""
+    _set_enabled(model, False, output)
+
+
+@app.command("create-tiny")
+def create_tiny(
+    name: Annotated[str, typer.Option(help="Registry name for the model.")] = "tiny-sdxl",
+    single_file: Annotated[
+        bool,
+        typer.Option("--single-file", help="Write one original-layout .safetensors plus a config folder."),
+    ] = False,
+) -> None:
+    """Build a tiny SDXL-architecture model with RANDOM weights (its images are noise) and enable it.
+
+    It loads through the same code path as a real checkpoint, for tests and demos without downloads.
+    """
+    from dreamforge.db.session import transaction
+    from dreamforge.registry.install import ModelNameTaken, create_tiny_model
+
+    with _registry() as (settings, sessions):
+        try:
+            with transaction(sessions) as session:
+                model = create_tiny_model(session, settings.models_dir, name, single_file=single_file)
+                out = {
+                    "id": str(model.id),
+                    "name": model.name,
+                    "layout": model.layout,
+                    "path": model.path,
+                    "sha256": model.sha256,
+                    "note": "random weights: images are noise, for tests and demos only",
+                }
+        except ModelNameTaken as exc:
+            raise fail(str(exc)) from None
+    emit_json(out)

@@ -1,0 +1,54 @@
+"""What every CLI command shares: output format flags, stdout for results, stderr for people."""
+
+from __future__ import annotations
+
+import json
+import logging
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+# Results go to stdout (so `| jq` works); progress, notes and errors go to stderr.
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class OutputFormat(StrEnum):
+    """`--output`: JSON for scripts, a table for people."""
+
+    json = "json"
+    table = "table"
+
+
+OutputOpt = Annotated[
+    OutputFormat, typer.Option("--output", "-o", help="Result format: json (for scripts) or table.")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr; errors only.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")]
+
+
+def configure_logging(verbose: bool) -> None:
+    """Debug logs with -v; otherwise warnings only, so stderr stays readable."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def emit_json(data: Any) -> None:
+    """Print a result as indented JSON on stdout."""
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def emit_table(table: Table) -> None:
+    """Print a Rich table on stdout, at most 80 columns wide unless the terminal is wider."""
+    Console(width=max(80, out.width) if out.is_terminal else 80).print(table)
+
+
+def fail(message: str, *, code: int = 1) -> typer.Exit:
+    """Print `error: message` on stderr and return the exit to raise."""
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)

@@ -1,0 +1,107 @@
+"""What a downloaded file may be called and contain: safe names, safetensors only, no error pages."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from email.message import Message
+from pathlib import Path, PurePosixPath
+
+PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
+# The safetensors header is JSON of a few hundred KB at most; anything larger is not a checkpoint.
+_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+_UNSAFE_CHARS = re.compile(r"[^\w.\-+() ]")
+_MAX_NAME = 200
+
+
+class UnsafeFile(Exception):
+    """A file the registry refuses to install; the message says why."""
+
+
+def pickle_refusal(name: str) -> str:
+    """Why a pickle checkpoint is refused, for the error a user sees."""
+    return (
+        f"refusing {name!r}: pickle checkpoints (.ckpt, .pt, .pth, .bin) can run arbitrary code when "
+        "they are loaded, so Dream Forge installs .safetensors files only; pick the SafeTensor file of "
+        "this model instead"
+    )
+
+
+def require_safetensors(name: str) -> None:
+    """Raise `UnsafeFile` unless `name` is a `.safetensors` file."""
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise UnsafeFile(pickle_refusal(name))
+    if suffix != ".safetensors":
+        raise UnsafeFile(f"refusing {name!r}: only .safetensors checkpoints are supported")
+
+
+def safe_filename(name: str) -> str:
+    """One path component from a server, made safe: no directories, no `..`, no hidden files.
+
+    `../../x.safetensors`, `/etc/x.safetensors` and `C:\\x.safetensors` all become `x.safetensors`.
+    """
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = _UNSAFE_CHARS.sub("_", base).strip(" .")
+    if not base or base in {".", ".."}:
+        raise UnsafeFile(f"the server sent an unusable file name {name!r}")
+    if len(base) > _MAX_NAME:
+        stem, dot, suffix = base.rpartition(".")
+        base = (stem[: _MAX_NAME - len(suffix) - 1] + dot + suffix) if dot else base[:_MAX_NAME]
+    return base
+
+
+def safe_relpath(path: str) -> str:
+    """A relative path inside a repo, refused if it could point outside the install folder."""
+    parts = path.split("/")
+    if path.startswith("/") or "\\" in path or any(p in {"", ".", ".."} for p in parts):
+        raise UnsafeFile(f"the server listed an unsafe path {path!r}")
+    if any(safe_filename(p) != p for p in parts):
+        raise UnsafeFile(f"the server listed a path with unusual characters {path!r}")
+    return path
+
+
+def disposition_filename(header: str | None) -> str | None:
+    """The file name a `Content-Disposition` header announces (RFC 6266, incl. `filename*`)."""
+    if not header:
+        return None
+    msg = Message()
+    msg["content-disposition"] = header
+    name = msg.get_filename()
+    return name or None
+
+
+def looks_like_error_page(content_type: str | None, head: bytes) -> bool:
+    """True when a body that should be a model is an HTML page or a JSON error instead."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind in {"text/html", "application/xhtml+xml"}:
+        return True
+    start = head.lstrip()[:15].lower()
+    return start.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body"))
+
+
+def error_page_summary(head: bytes) -> str:
+    """A short hint of what an error page said (its title or first words)."""
+    text = head.decode("utf-8", "replace")
+    title = re.search(r"<title[^>]*>(.*?)</title>", text, re.I | re.S)
+    snippet = title.group(1) if title else re.sub(r"<[^>]+>", " ", text)
+    return " ".join(snippet.split())[:120]
+
+
+def check_safetensors_header(path: Path) -> None:
+    """Raise `UnsafeFile` unless `path` starts with a well-formed safetensors header."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise UnsafeFile(f"{path.name} is too short to be a safetensors file ({size} bytes)")
+        (length,) = struct.unpack("<Q", raw)
+        if length > min(_MAX_SAFETENSORS_HEADER, size - 8):
+            raise UnsafeFile(f"{path.name} is not a safetensors file (its header length is invalid)")
+        try:
+            header = json.loads(f.read(length))
+        except ValueError:
+            raise UnsafeFile(f"{path.name} is not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise UnsafeFile(f"{path.name} is not a safetensors file (its header is not a JSON object)")
