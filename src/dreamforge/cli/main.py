@@ -7,9 +7,9 @@ import os
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from dreamforge.cli import models
+from dreamforge.cli.output import err
 from dreamforge.config import Settings
 
 app = typer.Typer(
@@ -20,8 +20,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models.app, name="model")
-
-err = Console(stderr=True)
 
 
 def _configure_logging(verbose: bool) -> None:

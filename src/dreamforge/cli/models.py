@@ -41,7 +41,9 @@ app = typer.Typer(
 RefArg = Annotated[
     str,
     typer.Argument(
-        help="hf:<owner>/<repo>[@revision][#file.safetensors] or civitai:<version id>", show_default=False
+        # Escaped: Typer renders help with Rich markup, where [@...] would read as a tag.
+        help="hf:<owner>/<repo>\\[@revision]\\[#file.safetensors] or civitai:<version id>",
+        show_default=False,
     ),
 ]
 ModelArg = Annotated[str, typer.Argument(help="Model id, name, or the ref it was installed from.")]
@@ -101,11 +103,14 @@ def _find(session: Session, key: str) -> Model:
 
 
 def _table(models: list[Model]) -> Table:
+    # Fits 80 columns: names stay whole (up to 30 characters), long sources and versions are cut.
     table = Table(box=None, pad_edge=False)
     table.add_column("ID", no_wrap=True)
-    table.add_column("NAME", overflow="fold")
-    table.add_column("VERSION", overflow="fold", max_width=12)
-    table.add_column("SOURCE", overflow="fold")
+    table.add_column(
+        "NAME", overflow="fold", min_width=min(30, max((len(m.name) for m in models), default=4))
+    )
+    table.add_column("VERSION", no_wrap=True, overflow="ellipsis", max_width=12)
+    table.add_column("SOURCE", no_wrap=True, overflow="ellipsis")
     table.add_column("SIZE", justify="right", no_wrap=True)
     table.add_column("ON", no_wrap=True)
     for m in models:
@@ -132,8 +137,9 @@ def download(
 ) -> None:
     """Download a checkpoint, verify its SHA-256, and register it (resumes an interrupted download).
 
-    HF_TOKEN is sent only to the Hugging Face endpoint (HF_ENDPOINT), CIVITAI_TOKEN only to
-    DF_CIVITAI_ENDPOINT. Only .safetensors files are installed; pickle formats are refused.
+    HF_TOKEN goes only to the Hugging Face endpoint (HF_ENDPOINT), CIVITAI_TOKEN only to Civitai.
+
+    Only .safetensors files are installed; pickle formats (.ckpt, .pt, .bin) are refused.
     """
     from dreamforge.registry.download import InvalidModelName, ModelDownloader, validate_name
     from dreamforge.registry.formats import UnsafeFile

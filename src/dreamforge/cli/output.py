@@ -13,7 +13,7 @@ from rich.table import Table
 
 # Results go to stdout (so `| jq` works); progress, notes and errors go to stderr.
 out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class OutputFormat(StrEnum):

@@ -30,7 +30,13 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoSibling
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from dreamforge.registry.formats import PICKLE_SUFFIXES, UnsafeFile, pickle_refusal, safe_relpath
+from dreamforge.registry.formats import (
+    PICKLE_SUFFIXES,
+    UnsafeFile,
+    pickle_refusal,
+    require_safetensors,
+    safe_relpath,
+)
 from dreamforge.registry.refs import HfRef
 from dreamforge.registry.transfer import AuthRequired, DownloadError, RemoteFile, RemoteNotFound, origin
 
@@ -145,10 +151,7 @@ class HuggingFaceSource:
     def single_file(self, ref: HfRef, snap: HfSnapshot) -> RemoteFile:
         """The one checkpoint file of a `hf:repo#file` reference."""
         assert ref.filename is not None
-        if PurePosixPath(ref.filename).suffix.lower() in PICKLE_SUFFIXES:
-            raise UnsafeFile(pickle_refusal(ref.filename))
-        if not ref.filename.endswith(".safetensors"):
-            raise UnsafeFile(f"refusing {ref.filename!r}: only .safetensors checkpoints are supported")
+        require_safetensors(ref.filename)
         return self.remote_file(snap, ref.filename, dest=PurePosixPath(ref.filename).name)
 
     def pipeline_files(self, snap: HfSnapshot, model_index: Path) -> list[RemoteFile]:

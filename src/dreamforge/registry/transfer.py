@@ -396,7 +396,7 @@ class Transfer:
             # These bytes can never become the right file: resuming them would only repeat the failure.
             part.discard()
             raise ChecksumMismatch(f"{remote.path}: downloaded {problem}; nothing was installed")
-        if remote.path.endswith(".safetensors"):
+        if remote.path.lower().endswith(".safetensors"):
             try:
                 check_safetensors_header(part.path)
             except UnsafeFile as exc:
