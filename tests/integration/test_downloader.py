@@ -430,3 +430,45 @@ def test_verify_names_the_file_with_a_flipped_byte(registry: Registry, tiny_mode
     bad = [f for f in report.files if f.status != "ok"]
     assert [(f.path, f.status) for f in bad] == [("vae/diffusion_pytorch_model.safetensors", "modified")]
     assert bad[0].actual == _sha(bytes(data))
+
+
+def test_downloads_register_in_postgres_too(
+    pg_url: str,
+    tmp_path: Path,
+    fake_hub: FakeHub,
+    fake_civitai: FakeCivitai,
+    tiny_checkpoint: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The distributed topology's registry: a worker host downloads into the shared Postgres."""
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
+    settings = Settings(
+        data_dir=tmp_path / "var", db_url=pg_url, civitai_endpoint=fake_civitai.url, _env_file=None
+    )
+    settings.ensure_dirs()
+    upgrade_to_head(pg_url)
+    engine = create_db_engine(pg_url)
+    try:
+        registry = Registry(settings, make_session_factory(engine), fake_hub, fake_civitai)
+        fake_civitai.add_version(21, 9, tiny_checkpoint)
+        model = registry.model(registry.download("civitai:21", enable=True).model.id)
+        assert model.enabled and model.files[0]["sha256"] == _sha(tiny_checkpoint)
+        assert verify_model(model).ok
+        assert registry.download("civitai:21").already_installed
+    finally:
+        engine.dispose()
+
+
+def test_jobs_without_model_id_prefer_the_default_providers_checkpoint(
+    registry: Registry, tiny_model_dir: Path
+) -> None:
+    from dreamforge.registry.install import register_model
+    from dreamforge.registry.selection import resolve_model
+
+    with registry.sessions.begin() as s:
+        register_model(s, name="epicrealism-xl-v1", layout="diffusers", path=tiny_model_dir)
+        register_model(s, name="newer-other-model", layout="diffusers", path=tiny_model_dir)
+    with registry.sessions() as s:
+        assert resolve_model(s, None).name == "epicrealism-xl-v1"
+        assert resolve_model(s, None, default_name="newer-other-model").name == "newer-other-model"
