@@ -27,7 +27,7 @@ from dreamforge.registry import repository as models_repo
 from dreamforge.registry.civitai import CivitaiSource
 from dreamforge.registry.formats import UnsafeFile, require_safetensors, safe_filename
 from dreamforge.registry.hashing import FileRecord
-from dreamforge.registry.huggingface import HuggingFaceSource
+from dreamforge.registry.huggingface import HfSnapshot, HuggingFaceSource
 from dreamforge.registry.install import ModelNameTaken, register_model
 from dreamforge.registry.refs import CivitaiRef, HfRef, ModelRef
 from dreamforge.registry.transfer import DownloadError, ProgressSink, RemoteFile, Transfer
@@ -56,7 +56,7 @@ class _Plan:
     checkpoint: str | None = None  # relative path of a single-file checkpoint
     needs_config: bool = False
     # A diffusers repo: `files` holds only model_index.json, which names the components to fetch.
-    expand_pipeline: bool = False
+    pipeline: HfSnapshot | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -141,20 +141,25 @@ class ModelDownloader:
             fetched, records = self._fetch_all(plan, staging)
             os.replace(staging, target)
         checkpoint = target / plan.checkpoint if plan.checkpoint else target
-        with transaction(self._sessions) as session:
-            model = register_model(
-                session,
-                name=name,
-                layout=plan.layout,
-                path=checkpoint,
-                config_path=target / "config" if plan.needs_config else None,
-                source=plan.source,
-                version=version or plan.version,
-                revision=plan.revision,
-                enabled=enable,
-                extra=plan.extra,
-                files=records,
-            )
+        try:
+            with transaction(self._sessions) as session:
+                model = register_model(
+                    session,
+                    name=name,
+                    layout=plan.layout,
+                    path=checkpoint,
+                    config_path=target / "config" if plan.needs_config else None,
+                    source=plan.source,
+                    version=version or plan.version,
+                    revision=plan.revision,
+                    enabled=enable,
+                    extra=plan.extra,
+                    files=records,
+                )
+        except BaseException:
+            # Unregistered files would block the next try; put them back where it resumes from.
+            os.replace(target, staging)
+            raise
         return DownloadResult(model, already_installed=False, fetched_bytes=fetched)
 
     def _plan(self, ref: ModelRef) -> _Plan:
@@ -190,7 +195,7 @@ class ModelDownloader:
             default_name=repo_name,
             version=version,
             files=[index],
-            expand_pipeline=True,
+            pipeline=snap,
             extra=extra,
         )
 
@@ -219,10 +224,10 @@ class ModelDownloader:
 
     def _fetch_all(self, plan: _Plan, staging: Path) -> tuple[int, list[FileRecord]]:
         files = list(plan.files)
-        if plan.expand_pipeline:
+        if plan.pipeline is not None:
             index = self._transfer.fetch(files[0], staging, self._progress)
-            snap = self._hf.snapshot(plan.extra["hf_repo"], plan.revision)
-            files = [f for f in self._hf.pipeline_files(snap, index.path) if f.path != "model_index.json"]
+            pipeline = self._hf.pipeline_files(plan.pipeline, index.path)
+            files = [f for f in pipeline if f.path != "model_index.json"]
             fetched, records = index.fetched_bytes, [_record(staging, index.path, index.size, index.sha256)]
         else:
             fetched, records = 0, []
