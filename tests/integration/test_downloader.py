@@ -346,7 +346,11 @@ def test_an_html_page_instead_of_the_file_is_reported_not_saved(
     registry.civitai.add_version(14, 4, tiny_checkpoint, filename="tiny.safetensors")
     registry.civitai.html_instead("tiny.safetensors")
 
-    with pytest.raises(NotAModel, match="web page instead of the file"):
+    with pytest.raises(NotAModel, match="web page or an error message instead of the file"):
+        registry.download("civitai:14")
+    registry.civitai.clear_faults()
+    registry.civitai.serve_instead("tiny.safetensors", b'{"error": "Unauthorized", "message": "log in"}')
+    with pytest.raises(NotAModel, match="Unauthorized"):
         registry.download("civitai:14")
 
     assert registry.count() == 0

@@ -67,9 +67,13 @@ def test_other_formats_are_refused() -> None:
 
 
 def test_error_pages_are_recognised_by_type_or_by_their_first_bytes() -> None:
-    assert looks_like_error_page("text/html; charset=utf-8", b"anything")
-    assert looks_like_error_page("application/octet-stream", b"\n  <!DOCTYPE html><html>")
-    assert not looks_like_error_page("application/octet-stream", struct.pack("<Q", 2) + b"{}")
+    binary = "application/octet-stream"
+    assert looks_like_error_page("m.safetensors", "text/html; charset=utf-8", b"anything")
+    assert looks_like_error_page("m.safetensors", binary, b"\n  <!DOCTYPE html><html>")
+    assert looks_like_error_page("m.safetensors", "application/json", b'{"error": "nope"}')
+    assert looks_like_error_page("m.safetensors", binary, b'{"error": "Unauthorized"}')
+    assert not looks_like_error_page("m.safetensors", binary, struct.pack("<Q", 2) + b"{}")
+    assert not looks_like_error_page("unet/config.json", "application/json", b'{"a": 1}')
 
 
 def test_safetensors_header_check(tmp_path: Path) -> None:

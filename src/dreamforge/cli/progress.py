@@ -35,6 +35,7 @@ class RichProgress:
             transient=False,
         )
         self._task: TaskID | None = None
+        self._name = ""
 
     def __enter__(self) -> RichProgress:
         self._progress.start()
@@ -44,7 +45,11 @@ class RichProgress:
         self._progress.stop()
 
     def start(self, name: str, total: int | None, done: int) -> None:
-        """Add a bar for the file."""
+        """Add a bar for the file; a resumed try moves the same bar back to what is on disk."""
+        if self._task is not None and self._name == name:
+            self._progress.update(self._task, total=total, completed=done)
+            return
+        self._name = name
         self._task = self._progress.add_task(name, total=total, completed=done)
 
     def advance(self, n: int) -> None:

@@ -72,13 +72,21 @@ def disposition_filename(header: str | None) -> str | None:
     return name or None
 
 
-def looks_like_error_page(content_type: str | None, head: bytes) -> bool:
-    """True when a body that should be a model is an HTML page or a JSON error instead."""
+def looks_like_error_page(name: str, content_type: str | None, head: bytes) -> bool:
+    """True when the first bytes of what should be file `name` are an HTML page or a JSON error."""
     kind = (content_type or "").split(";")[0].strip().lower()
     if kind in {"text/html", "application/xhtml+xml"}:
         return True
+    if kind == "application/json" and not name.endswith(".json"):
+        return True
     start = head.lstrip()[:15].lower()
-    return start.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body"))
+    if start.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")):
+        return True
+    if name.lower().endswith(".safetensors") and len(head) >= 8:
+        # A safetensors file opens with its header length; text in those 8 bytes reads as an absurd one.
+        length: int = struct.unpack("<Q", head[:8])[0]
+        return length > _MAX_SAFETENSORS_HEADER
+    return False
 
 
 def error_page_summary(head: bytes) -> str:

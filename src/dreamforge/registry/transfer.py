@@ -345,13 +345,13 @@ class Transfer:
             # No chunk size: every piece is written as it arrives, so a dropped connection loses
             # nothing that was received (a buffered chunk would be fetched again).
             for chunk in response.iter_bytes():
-                if received == 0 and have == 0 and looks_like_error_page(content_type, chunk):
+                if received == 0 and have == 0 and looks_like_error_page(remote.path, content_type, chunk):
                     out.close()
                     part.discard()
                     raise NotAModel(
-                        f"{remote.path}: the server sent a web page instead of the file "
-                        f"({error_page_summary(chunk)!r}); the source may need a login, a token, or "
-                        "may be rate limiting",
+                        f"{remote.path}: the server sent a web page or an error message instead of the "
+                        f"file ({error_page_summary(chunk)!r}); the source may need a login or a token, "
+                        "or may be rate limiting",
                         url=str(response.url),
                     )
                 out.write(chunk)
