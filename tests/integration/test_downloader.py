@@ -190,6 +190,31 @@ def test_fp16_variants_are_preferred_when_a_repo_offers_them(
     assert "text_encoder/model.safetensors" in weights  # no fp16 variant offered: the plain weights
     assert not model.enabled  # only --enable makes a download available to jobs
 
+    # A CPU worker (fp32) loads the fp16-only components through their variant and renders.
+    from dreamforge.engines.base import ModelSpec, RenderRequest
+    from dreamforge.engines.sdxl import SDXLEngine
+
+    spec = ModelSpec(
+        id=model.id,
+        name=model.name,
+        layout=model.layout,
+        path=model.path,
+        config_path=None,
+        sha256=model.sha256,
+    )
+    request = RenderRequest(
+        prompt="a red cube",
+        negative_prompt=None,
+        width=64,
+        height=64,
+        steps=2,
+        guidance=5.0,
+        scheduler="dpmpp_2m_karras",
+        seed=7,
+    )
+    image = SDXLEngine(device="cpu", dtype="float32").render(spec, request, lambda _s, _t: None)
+    assert image.size == (64, 64)
+
 
 def test_single_file_from_the_hub_brings_its_config_and_tokenizers(
     registry: Registry, tiny_checkpoint: bytes
