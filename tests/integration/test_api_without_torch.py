@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import redis_url
+from conftest import download_env, redis_url
+from fakehubs import FakeCivitai, FakeHub
 
 PROBE = """
 import sys
@@ -35,3 +36,32 @@ def test_api_serves_without_importing_the_engine_stack(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "loaded: []" in result.stdout
+
+
+DOWNLOAD_PROBE = """
+import sys
+from dreamforge.cli.main import app
+try:
+    app(['model', 'download', 'civitai:31', '-q'], standalone_mode=False)
+finally:
+    loaded = sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules)
+    print('loaded:', loaded)
+sys.exit(1 if loaded else 0)
+"""
+
+
+def test_model_download_runs_without_the_engine_stack(
+    tmp_path: Path,
+    fake_hub: FakeHub,
+    fake_civitai: FakeCivitai,
+    tiny_single_file: tuple[Path, Path],
+) -> None:
+    """Models can be installed from a host or image that has no torch (e.g. the API image)."""
+    fake_civitai.add_version(31, 3, tiny_single_file[0].read_bytes())
+    env = download_env(tmp_path / "var", fake_hub, fake_civitai)
+    result = subprocess.run(
+        [sys.executable, "-c", DOWNLOAD_PROBE], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "loaded: []" in result.stdout
+    assert '"status": "installed"' in result.stdout
