@@ -33,6 +33,7 @@ from dreamforge.registry.refs import parse_ref
 from dreamforge.registry.transfer import (
     AuthRequired,
     ChecksumMismatch,
+    DownloadError,
     NotAModel,
     RemoteNotFound,
     TransferFailed,
@@ -501,3 +502,17 @@ def test_jobs_without_model_id_prefer_the_default_providers_checkpoint(
     with registry.sessions() as s:
         assert resolve_model(s, None).name == "epicrealism-xl-v1"
         assert resolve_model(s, None, default_name="newer-other-model").name == "newer-other-model"
+
+
+def test_a_download_that_cannot_fit_on_disk_stops_before_fetching(
+    registry: Registry, tiny_checkpoint: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    registry.civitai.add_version(22, 9, tiny_checkpoint, filename="tiny.safetensors")
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+
+    with pytest.raises(DownloadError, match="only 1,000 are free"):
+        registry.download("civitai:22")
+    assert [h for h in registry.civitai.hits(server="cdn") if h.method == "GET"] == []

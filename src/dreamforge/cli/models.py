@@ -166,6 +166,8 @@ def download(
                 )
         except (DownloadError, UnsafeFile, ModelNameTaken) as exc:
             raise fail(str(exc)) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; run the same command again to resume the download", code=130) from None
         with sessions() as session:
             model = session.get(Model, result.model.id)
             assert model is not None

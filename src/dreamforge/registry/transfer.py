@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -284,6 +285,13 @@ class Transfer:
             have = 0
         if remote.size is not None and have == remote.size and have > 0:
             return None
+        if remote.size is not None:
+            free = shutil.disk_usage(part.path.parent).free
+            if remote.size - have > free:
+                raise DownloadError(
+                    f"{remote.path}: needs {remote.size - have:,} more bytes but only {free:,} are free "
+                    f"in {part.path.parent}"
+                )
         try:
             return self._stream(remote, part, have, progress)
         except (httpx.TransportError, httpx.DecodingError) as exc:
