@@ -153,6 +153,10 @@ def test_bad_input_gets_one_clear_line_and_the_right_exit_code(session: Session)
     code, _, err = session.cli("model", "download", "ftp:x/y")
     assert code == 2 and "unknown source 'ftp'" in err
 
+    code, _, err = session.cli("model", "download", f"civitai:{VERSION_ID}", "--name", "../escape")
+    assert code == 2 and "not a valid model name" in err
+    assert session.civitai.hits() == []
+
     code, _, err = session.cli("model", "download", f"hf:{SINGLE_REPO}#tiny.ckpt")
     assert code == 1 and "pickle checkpoints" in err and "Traceback" not in err
 

@@ -141,7 +141,7 @@ def download(
 
     Only .safetensors files are installed; pickle formats (.ckpt, .pt, .bin) are refused.
     """
-    from dreamforge.registry.download import InvalidModelName, ModelDownloader, validate_name
+    from dreamforge.registry.download import InvalidModelName, ModelDownloader
     from dreamforge.registry.formats import UnsafeFile
     from dreamforge.registry.install import ModelNameTaken
     from dreamforge.registry.refs import RefError, parse_ref
@@ -150,9 +150,7 @@ def download(
     configure_logging(verbose)
     try:
         parsed = parse_ref(ref)
-        if name is not None:
-            validate_name(name)
-    except (RefError, InvalidModelName) as exc:
+    except RefError as exc:
         raise fail(str(exc), code=2) from None
     started = time.monotonic()
     with (
@@ -164,6 +162,8 @@ def download(
                 result = ModelDownloader(settings, sessions, client, progress).download(
                     parsed, name=name, version=version, enable=enable
                 )
+        except InvalidModelName as exc:
+            raise fail(str(exc), code=2) from None
         except (DownloadError, UnsafeFile, ModelNameTaken) as exc:
             raise fail(str(exc)) from None
         except KeyboardInterrupt:

@@ -35,14 +35,12 @@ class CivitaiVersion:
     autov2: str | None
 
 
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, httpx.TransportError):
-        return True
-    return isinstance(exc, _TransientStatus)
-
-
 class _TransientStatus(Exception):
-    pass
+    """Civitai answered 429 or 5xx: worth another try."""
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, httpx.TransportError | _TransientStatus)
 
 
 class CivitaiSource:

@@ -89,17 +89,16 @@ class HuggingFaceSource:
         self._backoff_initial = backoff_initial
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
+        retrying = Retrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential_jitter(
+                multiplier=self._backoff_initial, jitter=self._backoff_initial, max=30
+            ),
+            retry=retry_if_exception(_transient),
+            reraise=True,
+        )
         try:
-            for attempt in Retrying(
-                stop=stop_after_attempt(self._attempts),
-                wait=wait_exponential_jitter(
-                    multiplier=self._backoff_initial, jitter=self._backoff_initial, max=30
-                ),
-                retry=retry_if_exception(_transient),
-                reraise=True,
-            ):
-                with attempt:
-                    return fn()
+            return retrying(fn)
         except GatedRepoError:
             raise AuthRequired(f"{what} is gated; {TOKEN_HINT}") from None
         except RevisionNotFoundError:
@@ -117,7 +116,6 @@ class HuggingFaceSource:
             raise DownloadError(f"{what}: HF_HUB_OFFLINE is set; unset it to download from the Hub") from None
         except _TRANSPORT_ERRORS as exc:
             raise DownloadError(f"{what}: cannot reach {self.endpoint}: {exc}") from None
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def snapshot(self, repo_id: str, revision: str | None) -> HfSnapshot:
         """The repo at `revision` (default `main`), pinned to the commit it resolves to now."""
