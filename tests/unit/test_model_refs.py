@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dreamforge.registry.refs import CivitaiRef, HfRef, RefError, parse_ref
+from dreamforge.registry.refs import CivitaiRef, HfRef, RefError, parse_ref, source_of
 
 
 @pytest.mark.parametrize(
@@ -43,3 +43,9 @@ def test_valid_refs_parse_and_print_back(text: str, expected: HfRef | CivitaiRef
 def test_bad_refs_say_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(RefError, match=message):
         parse_ref(text)
+
+
+def test_the_registry_records_a_source_without_its_revision() -> None:
+    assert source_of(parse_ref("hf:acme/sdxl@v2#x.safetensors")) == "hf:acme/sdxl#x.safetensors"
+    assert source_of(parse_ref("hf:acme/sdxl@main")) == "hf:acme/sdxl"
+    assert source_of(parse_ref("civitai:25694@277058")) == "civitai:277058"

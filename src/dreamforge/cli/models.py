@@ -73,7 +73,7 @@ def _record(model: Model) -> dict[str, Any]:
 def _find(session: Session, key: str) -> Model:
     """A model by id, name, or source reference; exits 1 (2 for a bad ref) when there is none."""
     from dreamforge.registry import repository as models_repo
-    from dreamforge.registry.refs import CivitaiRef, HfRef, RefError, parse_ref
+    from dreamforge.registry.refs import HfRef, RefError, parse_ref, source_of
 
     try:
         model = models_repo.get_model(session, uuid.UUID(key))
@@ -84,16 +84,12 @@ def _find(session: Session, key: str) -> Model:
             ref = parse_ref(key)
         except RefError as exc:
             raise fail(str(exc), code=2) from None
-        if isinstance(ref, CivitaiRef):
-            candidates = list(models_repo.find_models_by_source(session, f"civitai:{ref.version_id}"))
-        else:
-            rev = ref.revision
-            source = str(HfRef(ref.repo_id, None, ref.filename))
-            candidates = [
-                m
-                for m in models_repo.find_models_by_source(session, source)
-                if rev is None or rev == m.version or (m.revision or "").startswith(rev)
-            ]
+        rev = ref.revision if isinstance(ref, HfRef) else None
+        candidates = [
+            m
+            for m in models_repo.find_models_by_source(session, source_of(ref))
+            if rev is None or rev == m.version or (m.revision or "").startswith(rev)
+        ]
         model = candidates[0] if candidates else None
     if model is None:
         model = models_repo.get_model_by_name(session, key)

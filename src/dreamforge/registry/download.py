@@ -29,7 +29,7 @@ from dreamforge.registry.formats import UnsafeFile, require_safetensors, safe_fi
 from dreamforge.registry.hashing import FileRecord
 from dreamforge.registry.huggingface import HfSnapshot, HuggingFaceSource
 from dreamforge.registry.install import ModelNameTaken, register_model
-from dreamforge.registry.refs import CivitaiRef, HfRef, ModelRef
+from dreamforge.registry.refs import CivitaiRef, HfRef, ModelRef, source_of
 from dreamforge.registry.transfer import DownloadError, ProgressSink, RemoteFile, Transfer
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class ModelDownloader:
             file = self._hf.single_file(ref, snap)
             extra["hf_file"] = ref.filename
             return _Plan(
-                source=str(HfRef(ref.repo_id, None, ref.filename)),
+                source=source_of(ref),
                 revision=snap.commit,
                 layout="single_file",
                 default_name=f"{repo_name}-{Path(file.path).stem}",
@@ -189,7 +189,7 @@ class ModelDownloader:
         # The component list lives in model_index.json, so it is fetched while planning.
         index = self._hf.remote_file(snap, "model_index.json")
         return _Plan(
-            source=str(HfRef(ref.repo_id)),
+            source=source_of(ref),
             revision=snap.commit,
             layout="diffusers",
             default_name=repo_name,
@@ -206,7 +206,7 @@ class ModelDownloader:
                 f"{ref} is a {ver.base_model} checkpoint; Dream Forge runs SDXL-architecture checkpoints only"
             )
         return _Plan(
-            source=f"civitai:{ver.version_id}",
+            source=source_of(ref),
             revision=str(ver.version_id),
             layout="single_file",
             default_name=f"{ver.model_name}-{ver.version_name}",

@@ -46,6 +46,14 @@ class CivitaiRef:
 
 ModelRef = HfRef | CivitaiRef
 
+
+def source_of(ref: ModelRef) -> str:
+    """The reference without its revision: how the registry records where a model came from."""
+    if isinstance(ref, CivitaiRef):
+        return f"civitai:{ref.version_id}"
+    return str(HfRef(ref.repo_id, None, ref.filename))
+
+
 REF_HELP = "hf:<owner>/<repo>[@revision][#file.safetensors] or civitai:<version id>"
 
 
