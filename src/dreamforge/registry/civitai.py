@@ -12,11 +12,17 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from dreamforge.registry.formats import UnsafeFile, pickle_refusal, require_safetensors, safe_filename
 from dreamforge.registry.refs import CivitaiRef
-from dreamforge.registry.transfer import AuthRequired, DownloadError, RemoteFile, RemoteNotFound, origin
+from dreamforge.registry.transfer import (
+    AuthRequired,
+    DownloadError,
+    RemoteFile,
+    RemoteNotFound,
+    api_retrying,
+    origin,
+)
 
 TOKEN_HINT = "set CIVITAI_TOKEN to an API key from civitai.com/user/account"
 
@@ -73,14 +79,7 @@ class CivitaiSource:
             return response
 
         try:
-            response = Retrying(
-                stop=stop_after_attempt(self._attempts),
-                wait=wait_exponential_jitter(
-                    multiplier=self._backoff_initial, jitter=self._backoff_initial, max=30
-                ),
-                retry=retry_if_exception(_transient),
-                reraise=True,
-            )(once)
+            response = api_retrying(self._attempts, self._backoff_initial, _transient)(once)
         except _TransientStatus as exc:
             raise DownloadError(f"{what}: {exc}, even after {self._attempts} tries") from None
         except httpx.TransportError as exc:

@@ -28,7 +28,6 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.hf_api import RepoSibling
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from dreamforge.registry.formats import (
     PICKLE_SUFFIXES,
@@ -38,7 +37,14 @@ from dreamforge.registry.formats import (
     safe_relpath,
 )
 from dreamforge.registry.refs import HfRef
-from dreamforge.registry.transfer import AuthRequired, DownloadError, RemoteFile, RemoteNotFound, origin
+from dreamforge.registry.transfer import (
+    AuthRequired,
+    DownloadError,
+    RemoteFile,
+    RemoteNotFound,
+    api_retrying,
+    origin,
+)
 
 # The components an SDXL pipeline loads; anything else in a repo (ONNX exports, Flax weights,
 # alternative VAEs, the original single-file checkpoint at the root) is left on the Hub.
@@ -89,16 +95,8 @@ class HuggingFaceSource:
         self._backoff_initial = backoff_initial
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        retrying = Retrying(
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential_jitter(
-                multiplier=self._backoff_initial, jitter=self._backoff_initial, max=30
-            ),
-            retry=retry_if_exception(_transient),
-            reraise=True,
-        )
         try:
-            return retrying(fn)
+            return api_retrying(self._attempts, self._backoff_initial, _transient)(fn)
         except GatedRepoError:
             raise AuthRequired(f"{what} is gated; {TOKEN_HINT}") from None
         except RevisionNotFoundError:

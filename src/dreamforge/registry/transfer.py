@@ -28,6 +28,7 @@ import httpx
 from tenacity import (
     RetryCallState,
     Retrying,
+    retry_if_exception,
     retry_if_exception_type,
     stop_after_attempt,
     wait_exponential_jitter,
@@ -158,6 +159,23 @@ class FetchedFile:
     disposition_name: str | None
 
 
+def backoff(initial: float, maximum: float = 30.0) -> wait_exponential_jitter:
+    """Exponential backoff with jitter, starting near `initial` seconds (tests pass a tiny one)."""
+    return wait_exponential_jitter(multiplier=initial, jitter=initial, max=maximum)
+
+
+def api_retrying(
+    attempts: int, backoff_initial: float, transient: Callable[[BaseException], bool]
+) -> Retrying:
+    """How a source's metadata calls retry: `attempts` tries, backing off, on `transient` errors only."""
+    return Retrying(
+        stop=stop_after_attempt(attempts),
+        wait=backoff(backoff_initial),
+        retry=retry_if_exception(transient),
+        reraise=True,
+    )
+
+
 def origin(url: str) -> str:
     """`scheme://host[:port]` of a URL, the unit a token is scoped to."""
     parts = urlsplit(url)
@@ -228,9 +246,7 @@ class Transfer:
     ) -> None:
         self._client = client
         self._attempts = attempts
-        self._backoff = wait_exponential_jitter(
-            multiplier=backoff_initial, jitter=backoff_initial, max=backoff_max
-        )
+        self._backoff = backoff(backoff_initial, backoff_max)
         self._sleep = sleep
 
     def fetch(self, remote: RemoteFile, root: Path, progress: ProgressSink) -> FetchedFile:
