@@ -1,4 +1,4 @@
-"""`dreamforge`: serve the API, try it with a demo, manage local models."""
+"""`dreamforge`: serve the API, drive it (jobs), try it with a demo, manage local models."""
 
 from __future__ import annotations
 
@@ -8,17 +8,23 @@ from typing import Annotated
 
 import typer
 
-from dreamforge.cli import models
+from dreamforge.cli import jobs, models
 from dreamforge.cli.output import err
 from dreamforge.config import Settings
 
 app = typer.Typer(
     name="dreamforge",
-    help="Dream Forge: an API-first render fabric. Exit codes: 0 ok, 1 error, 2 usage error.",
+    help=(
+        "Dream Forge: an API-first render fabric. Results go to stdout (JSON by default), progress and "
+        f"messages to stderr.\n\n{jobs.EXIT_CODES_HELP}"
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: Rich's boxed panels cut long flag names at 80 columns.
+    rich_markup_mode=None,
 )
+app.add_typer(jobs.app, name="job")
 app.add_typer(models.app, name="model")
 
 

@@ -41,8 +41,7 @@ app = typer.Typer(
 RefArg = Annotated[
     str,
     typer.Argument(
-        # Escaped: Typer renders help with Rich markup, where [@...] would read as a tag.
-        help="hf:<owner>/<repo>\\[@revision]\\[#file.safetensors] or civitai:<version id>",
+        help="hf:<owner>/<repo>[@revision][#file.safetensors] or civitai:<version id>",
         show_default=False,
     ),
 ]

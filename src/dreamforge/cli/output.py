@@ -48,6 +48,11 @@ def emit_table(table: Table) -> None:
     Console(width=max(80, out.width) if out.is_terminal else 80).print(table)
 
 
+def note(message: str) -> None:
+    """Print a message for people on stderr, as is (no markup, no highlighting)."""
+    err.print(message, highlight=False, markup=False)
+
+
 def fail(message: str, *, code: int = 1) -> typer.Exit:
     """Print `error: message` on stderr and return the exit to raise."""
     err.print(f"[red]error:[/red] {message}")

@@ -1,21 +1,26 @@
-"""Download progress on stderr: a Rich bar on a terminal, plain lines otherwise, nothing with -q."""
+"""Progress on stderr, for downloads and jobs: Rich bars on a terminal, plain lines otherwise."""
 
 from __future__ import annotations
 
 import time
 from types import TracebackType
+from typing import Protocol
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
     TaskID,
+    TaskProgressColumn,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 
+from dreamforge.client.events import JobEvent
 from dreamforge.registry.transfer import ProgressSink, SilentProgress
 
 _PLAIN_EVERY_SECONDS = 5.0
@@ -141,4 +146,142 @@ def progress_for(console: Console, *, quiet: bool) -> RichProgress | PlainProgre
     return RichProgress(console) if console.is_terminal else PlainProgress(console)
 
 
-__all__ = ["PlainProgress", "ProgressSink", "QuietProgress", "RichProgress", "progress_for"]
+# Above this many items, finished items' bars are hidden so the display stays a screenful.
+_ALL_ITEM_BARS = 10
+
+
+class JobProgressView(Protocol):
+    """Shows a job's events as they arrive."""
+
+    def __enter__(self) -> JobProgressView: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def event(self, event: JobEvent) -> None:
+        """Show one event."""
+
+
+def _log_line(event: JobEvent) -> str:
+    # Messages about an item already name it ("item 0: stored ...").
+    return f"{event.data.get('level', 'info')}: {event.data.get('message', '')}"
+
+
+class JobBars:
+    """An overall bar plus one bar per item, log lines printed above them."""
+
+    def __init__(self, console: Console, job_id: str, count: int) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=None),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self._count = count
+        self._overall = self._progress.add_task(f"job {job_id[:8]}", total=1.0, note="")
+        self._items: dict[int, TaskID] = {}
+
+    def __enter__(self) -> JobBars:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def _item(self, index: int) -> TaskID:
+        if index not in self._items:
+            self._items[index] = self._progress.add_task(f"  item {index}", total=1.0, note="")
+        return self._items[index]
+
+    def event(self, event: JobEvent) -> None:
+        """Move the bars, print logs and errors."""
+        data, p = event.data, self._progress
+        if event.event == "status":
+            p.update(self._overall, note=data.get("status", ""))
+        elif event.event == "progress":
+            item = self._item(int(data["item_index"]))
+            p.update(item, completed=data["progress"], note=f"step {data.get('step')}/{data.get('steps')}")
+            p.update(self._overall, completed=data.get("overall", 0.0))
+        elif event.event == "artifact":
+            item = self._item(int(data.get("item_index", 0)))
+            p.update(item, completed=1.0, note="stored", visible=self._count <= _ALL_ITEM_BARS)
+        elif event.event == "log":
+            p.console.print(f"[dim]{escape(_log_line(event))}[/dim]")
+        elif event.event == "error":
+            p.console.print(f"[red]error:[/red] [{data.get('code')}] {escape(str(data.get('message')))}")
+        elif event.event == "done":
+            status = data.get("status", "")
+            if status == "succeeded":
+                p.update(self._overall, completed=1.0)
+            p.update(self._overall, note=status)
+
+
+class JobLines:
+    """Plain lines for pipes and CI logs: status changes, log lines, progress every few seconds."""
+
+    def __init__(self, console: Console, job_id: str) -> None:
+        self._console = console
+        self._job = job_id
+        self._last = 0.0
+
+    def __enter__(self) -> JobLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def _print(self, text: str) -> None:
+        self._console.print(text, highlight=False, markup=False)
+
+    def event(self, event: JobEvent) -> None:
+        """Print what a person following the job needs."""
+        data = event.data
+        if event.event == "status":
+            self._print(f"job {self._job}: {data.get('status')}")
+        elif event.event == "log":
+            self._print(f"  {_log_line(event)}")
+        elif event.event == "error":
+            self._print(f"  error: [{data.get('code')}] {data.get('message')}")
+        elif event.event == "progress":
+            now = time.monotonic()
+            if now - self._last >= _PLAIN_EVERY_SECONDS:
+                self._last = now
+                self._print(
+                    f"  item {data['item_index']}: {data['progress']:.0%} "
+                    f"(step {data.get('step')}/{data.get('steps')}), overall {data.get('overall', 0):.0%}"
+                )
+
+
+class QuietJobView:
+    """Shows nothing."""
+
+    def __enter__(self) -> QuietJobView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def event(self, event: JobEvent) -> None:
+        """Ignore the event."""
+
+
+def job_view_for(console: Console, job_id: str, count: int, *, quiet: bool) -> JobProgressView:
+    """The job display that suits where stderr goes."""
+    if quiet:
+        return QuietJobView()
+    return JobBars(console, job_id, count) if console.is_terminal else JobLines(console, job_id)
+
+
+__all__ = [
+    "JobBars",
+    "JobLines",
+    "JobProgressView",
+    "PlainProgress",
+    "ProgressSink",
+    "QuietJobView",
+    "QuietProgress",
+    "RichProgress",
+    "job_view_for",
+    "progress_for",
+]
