@@ -189,6 +189,7 @@ class TcpProxy:
         self.port = free_port()
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self.accepted = 0  # connections forwarded so far, across cuts
         self._listener: socket.socket | None = None
 
     def start(self) -> TcpProxy:
@@ -225,6 +226,7 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._conns += [client, upstream]
+                self.accepted += 1
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
 

@@ -10,14 +10,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
 from rich.table import Table
-from sqlalchemy.orm import Session, sessionmaker
 
-from dreamforge.api.views import model_descriptor
 from dreamforge.cli.output import (
     OutputFormat,
     OutputOpt,
@@ -31,7 +29,12 @@ from dreamforge.cli.output import (
 )
 from dreamforge.cli.progress import progress_for
 from dreamforge.config import Settings
-from dreamforge.db.tables import Model
+
+if TYPE_CHECKING:
+    # Imported when a command runs, so `dreamforge job ...` and `--help` start without SQLAlchemy.
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from dreamforge.db.tables import Model
 
 app = typer.Typer(
     help="Install (download), verify and list models. Exit codes: 0 ok, 1 failed, 2 usage error.",
@@ -64,6 +67,8 @@ def _registry() -> Iterator[tuple[Settings, sessionmaker[Session]]]:
 
 
 def _record(model: Model) -> dict[str, Any]:
+    from dreamforge.api.views import model_descriptor
+
     data = model_descriptor(model).model_dump(mode="json")
     data["path"] = model.path
     return data
@@ -164,6 +169,8 @@ def download(
         except KeyboardInterrupt:
             raise fail("interrupted; run the same command again to resume the download", code=130) from None
         with sessions() as session:
+            from dreamforge.db.tables import Model
+
             model = session.get(Model, result.model.id)
             assert model is not None
             record = _record(model)

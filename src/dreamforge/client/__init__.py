@@ -15,6 +15,8 @@ from dreamforge.api.schemas import (
     Artifact,
     ArtifactListResponse,
     ErrorResponse,
+    HealthResponse,
+    JobCreatedResponse,
     JobCreateRequest,
     JobStatus,
     JobStatusResponse,
@@ -22,6 +24,7 @@ from dreamforge.api.schemas import (
     ModelDescriptor,
     ModelListResponse,
     ProgressResponse,
+    ReadinessResponse,
 )
 from dreamforge.client.errors import ApiError, ApiUnreachable
 from dreamforge.client.events import JobEvent
@@ -35,8 +38,10 @@ __all__ = [
     "ArtifactListResponse",
     "DreamForgeClient",
     "ErrorResponse",
+    "HealthResponse",
     "JobCreateRequest",
     "JobCreated",
+    "JobCreatedResponse",
     "JobEvent",
     "JobStatus",
     "JobStatusResponse",
@@ -44,4 +49,5 @@ __all__ = [
     "ModelDescriptor",
     "ModelListResponse",
     "ProgressResponse",
+    "ReadinessResponse",
 ]

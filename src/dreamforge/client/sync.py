@@ -132,7 +132,7 @@ class DreamForgeClient:
         retrying = Retrying(
             retry=retry_if_exception(_transient),
             stop=stop_after_attempt(self.retries + 1),
-            wait=wait_exponential_jitter(initial=0.2, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.2, jitter=0.2, max=2.0),
             reraise=True,
         )
         return retrying(once)
@@ -194,10 +194,12 @@ class DreamForgeClient:
         """The job's events (history first, then live) until `done`, reconnecting when a connection drops.
 
         Each reconnect sends `Last-Event-ID`, so no event is lost or repeated. After
-        `stream_reconnects` failed reconnects in a row it raises `ApiUnreachable`.
+        `stream_reconnects` failed reconnects in a row (`retries` if it never connected) it raises
+        `ApiUnreachable`.
         """
         cursor = last_event_id
         failures = 0
+        connected = False
         while True:
             headers = {"Last-Event-ID": str(cursor)} if cursor is not None else {}
             try:
@@ -211,7 +213,13 @@ class DreamForgeClient:
                     if source.response.is_error:
                         source.response.read()
                         raise ApiError.from_response(source.response)
+                    connected = True
                     for sse in source.iter_sse():
+                        if not sse.data:
+                            # A keep-alive comment: httpx-sse 0.4 reports it as an empty event once
+                            # an id was seen (florimondmanca/httpx-sse#35); the SSE spec dispatches
+                            # nothing for an empty data buffer.
+                            continue
                         failures = 0
                         try:
                             event = JobEvent(id=int(sse.id), event=sse.event, data=sse.json())
@@ -242,7 +250,9 @@ class DreamForgeClient:
                     raise
                 reason = exc.error.message
             failures += 1
-            if failures > self.stream_reconnects:
+            # Patience is for a stream that was flowing; an API that never answered fails as fast
+            # as any other call.
+            if failures > (self.stream_reconnects if connected else self.retries):
                 raise ApiUnreachable(self.api_base, f"{reason} (gave up after {failures} tries)")
             time.sleep(reconnect_delay(failures))
 
