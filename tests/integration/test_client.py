@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 import uuid
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_server_env
+from PIL import Image
 from support import ServerProcess, TcpProxy, free_port
 
 from dreamforge.client import (
@@ -182,3 +184,19 @@ def test_follow_logs_prints_new_lines_until_the_job_ends(df: DreamForgeClient) -
     assert lines[-1].message.startswith("job succeeded")
     assert lines == df.get_logs(job.job.id)
     df.wait(blocker.job.id)
+
+
+def test_the_readme_example_runs(
+    server: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = re.search(r"## The Python client.*?```python\n(.*?)```", readme, re.S)
+    assert example is not None
+    code = (
+        example[1]
+        .replace("http://localhost:8001/v1", server.base)
+        .replace('"width": 1024, "height": 1024', '"width": 64, "height": 64, "steps": 2')
+    )
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert Image.open(tmp_path / "0.png").size == (64, 64)
