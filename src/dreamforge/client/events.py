@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 
 from dreamforge.api.schemas import LogEvent
 
-EventName = Literal["status", "progress", "log", "artifact", "error", "done"]
+# The kinds this client knows; `JobEvent.event` stays a plain string so that a client older than the
+# server keeps streaming (and ignores) kinds added later instead of failing on them.
+KNOWN_EVENTS = frozenset({"status", "progress", "log", "artifact", "error", "done"})
 
 
 class JobEvent(BaseModel):
     """One Server-Sent Event of `GET /jobs/{id}/progress/stream`.
 
-    `id` is what `Last-Event-ID` resumes after; `data` is the event's JSON payload (for `progress`:
+    `id` is what `Last-Event-ID` resumes after; `event` is one of `KNOWN_EVENTS` from this server
+    version (newer servers may add kinds: ignore what you do not know); `data` is the event's JSON payload (for `progress`:
     `item_index`, `progress`, `step`, `steps`, `overall`; for `done`: the terminal `status`).
     """
 
     id: int
-    event: EventName
+    event: str
     data: dict[str, Any]
 
     def as_log(self) -> LogEvent:
