@@ -17,8 +17,8 @@ KNOWN_EVENTS = frozenset({"status", "progress", "log", "artifact", "error", "don
 class JobEvent(BaseModel):
     """One Server-Sent Event of `GET /jobs/{id}/progress/stream`.
 
-    `id` is what `Last-Event-ID` resumes after; `event` is one of `KNOWN_EVENTS` from this server
-    version (newer servers may add kinds: ignore what you do not know); `data` is the event's JSON payload (for `progress`:
+    `id` is what `Last-Event-ID` resumes after; `event` is one of `KNOWN_EVENTS` (newer servers may
+    add kinds: ignore what you do not know); `data` is the event's JSON payload (for `progress`:
     `item_index`, `progress`, `step`, `steps`, `overall`; for `done`: the terminal `status`).
     """
 
