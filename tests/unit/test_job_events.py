@@ -7,12 +7,13 @@ import io
 from rich.console import Console
 
 from dreamforge.cli.progress import JobBars, JobLines
-from dreamforge.client.events import KNOWN_EVENTS, JobEvent
+from dreamforge.client.events import JobEvent
+from dreamforge.events.kinds import EventKind
 
 
 def test_an_event_kind_added_by_a_newer_server_is_kept_and_ignored_by_the_views() -> None:
     event = JobEvent(id=7, event="heartbeat-v2", data={"anything": 1})
-    assert event.event not in KNOWN_EVENTS
+    assert event.event not in set(EventKind)
     out = io.StringIO()
     console = Console(file=out, width=80)
     for view in (JobBars(console, "0" * 32, 1), JobLines(console, "0" * 32)):

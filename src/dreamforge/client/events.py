@@ -9,17 +9,14 @@ from pydantic import BaseModel
 
 from dreamforge.api.schemas import LogEvent
 
-# The kinds this client knows; `JobEvent.event` stays a plain string so that a client older than the
-# server keeps streaming (and ignores) kinds added later instead of failing on them.
-KNOWN_EVENTS = frozenset({"status", "progress", "log", "artifact", "error", "done"})
-
 
 class JobEvent(BaseModel):
     """One Server-Sent Event of `GET /jobs/{id}/progress/stream`.
 
-    `id` is what `Last-Event-ID` resumes after; `event` is one of `KNOWN_EVENTS` (newer servers may
-    add kinds: ignore what you do not know); `data` is the event's JSON payload (for `progress`:
-    `item_index`, `progress`, `step`, `steps`, `overall`; for `done`: the terminal `status`).
+    `id` is what `Last-Event-ID` resumes after. `event` is an `EventKind` value, kept a plain string so
+    that a client older than the server streams past kinds added later. `data` is the event's JSON
+    payload (for `progress`: `item_index`, `progress`, `step`, `steps`, `overall`; for `done`: the
+    terminal `status`).
     """
 
     id: int
