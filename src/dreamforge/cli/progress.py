@@ -21,6 +21,7 @@ from rich.progress import (
 )
 
 from dreamforge.client.events import JobEvent
+from dreamforge.events.kinds import EventKind
 from dreamforge.registry.transfer import ProgressSink, SilentProgress
 
 _PLAIN_EVERY_SECONDS = 5.0
@@ -197,20 +198,20 @@ class JobBars:
     def event(self, event: JobEvent) -> None:
         """Move the bars, print logs and errors."""
         data, p = event.data, self._progress
-        if event.event == "status":
+        if event.event == EventKind.status:
             p.update(self._overall, note=data.get("status", ""))
-        elif event.event == "progress":
+        elif event.event == EventKind.progress:
             item = self._item(int(data["item_index"]))
             p.update(item, completed=data["progress"], note=f"step {data.get('step')}/{data.get('steps')}")
             p.update(self._overall, completed=data.get("overall", 0.0))
-        elif event.event == "artifact":
+        elif event.event == EventKind.artifact:
             item = self._item(int(data.get("item_index", 0)))
             p.update(item, completed=1.0, note="stored", visible=self._count <= _ALL_ITEM_BARS)
-        elif event.event == "log":
+        elif event.event == EventKind.log:
             p.console.print(f"[dim]{escape(_log_line(event))}[/dim]")
-        elif event.event == "error":
+        elif event.event == EventKind.error:
             p.console.print(f"[red]error:[/red] [{data.get('code')}] {escape(str(data.get('message')))}")
-        elif event.event == "done":
+        elif event.event == EventKind.done:
             status = data.get("status", "")
             if status == "succeeded":
                 p.update(self._overall, completed=1.0)
@@ -237,13 +238,13 @@ class JobLines:
     def event(self, event: JobEvent) -> None:
         """Print what a person following the job needs."""
         data = event.data
-        if event.event == "status":
+        if event.event == EventKind.status:
             self._print(f"job {self._job}: {data.get('status')}")
-        elif event.event == "log":
+        elif event.event == EventKind.log:
             self._print(f"  {_log_line(event)}")
-        elif event.event == "error":
+        elif event.event == EventKind.error:
             self._print(f"  error: [{data.get('code')}] {data.get('message')}")
-        elif event.event == "progress":
+        elif event.event == EventKind.progress:
             now = time.monotonic()
             if now - self._last >= _PLAIN_EVERY_SECONDS:
                 self._last = now

@@ -40,6 +40,7 @@ from dreamforge.api.schemas import (
 )
 from dreamforge.client.errors import ApiError, ApiUnreachable
 from dreamforge.client.events import JobEvent, reconnect_delay
+from dreamforge.events.kinds import EventKind
 
 DEFAULT_API_BASE = "http://localhost:8001/v1"
 # Idle streams get a keep-alive every DF_SSE_PING_SECONDS (15 s by default); silence for this
@@ -234,7 +235,7 @@ class DreamForgeClient:
                             ) from None
                         cursor = event.id
                         yield event
-                        if event.event == "done":
+                        if event.event == EventKind.done:
                             return
                 # The server ended the stream before `done` (a restart): resume where it stopped.
                 reason = "the stream closed before the job finished"
@@ -264,7 +265,7 @@ class DreamForgeClient:
         yield from initial
         cursor = initial[-1].id if initial else None
         for event in self.stream_events(job_id, last_event_id=cursor):
-            if event.event != "log":
+            if event.event != EventKind.log:
                 continue
             line = event.as_log()
             if cursor is None and since is not None and line.ts < _aware(since):
