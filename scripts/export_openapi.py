@@ -7,11 +7,15 @@ import json
 from pathlib import Path
 
 from dreamforge.api.app import create_app
+from dreamforge.config import Settings
 
 
 def render() -> str:
     """The OpenAPI document as stable, pretty JSON."""
-    return json.dumps(create_app().openapi(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    # The contract documents the default (embedded) topology, whose API also serves `/v1/files`,
+    # whatever DF_* settings the shell that runs this has.
+    app = create_app(Settings(_env_file=None, minio_endpoint=""))
+    return json.dumps(app.openapi(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def main() -> None:

@@ -17,12 +17,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from fakehubs import FakeCivitai, FakeHub
 from s3_server import MotoS3
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
 from support import ServerProcess, WorkerProcess, cli_env
 
+from dreamforge.api.schemas import DEFAULT_PROVIDER, JobCreateRequest
 from dreamforge.config import Settings
 from dreamforge.db.migrate import upgrade_to_head
 from dreamforge.db.session import create_db_engine, make_session_factory, transaction
-from dreamforge.registry.install import register_model
+from dreamforge.registry.install import register_tiny_model
 
 PG_ADMIN_URL: str = os.environ.get(
     "DF_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -38,7 +40,7 @@ def _unavailable(what: str, exc: Exception) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight SDXL pipeline folder, built once per session."""
-    from dreamforge.engines.tiny import build_tiny_pipeline
+    from dreamforge.registry.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sdxl")
 
@@ -46,7 +48,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_single_file(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The tiny model as one original-layout .safetensors plus its config folder."""
-    from dreamforge.engines.original_layout import copy_config_tree, write_single_file
+    from dreamforge.registry.original_layout import copy_config_tree, write_single_file
 
     root = tmp_path_factory.mktemp("single")
     return write_single_file(tiny_model_dir, root / "tiny.safetensors"), copy_config_tree(
@@ -66,12 +68,19 @@ def register_tiny(db_url: str, tiny_model_dir: Path, name: str = "tiny-sdxl") ->
     engine = create_db_engine(db_url)
     try:
         with transaction(make_session_factory(engine)) as s:
-            model = register_model(
-                s, name=name, layout="diffusers", path=tiny_model_dir, source="tiny:random", is_tiny=True
-            )
-            return str(model.id)
+            return str(register_tiny_model(s, name, tiny_model_dir).id)
     finally:
         engine.dispose()
+
+
+def stage_job(sessions: sessionmaker[Session], **params: object) -> uuid.UUID:
+    """Commit a generate job (64x64, 2 steps unless `params` say otherwise) as the API would."""
+    from dreamforge.jobs.service import create_job
+
+    body = {"type": "generate", "prompt": "a red cube", "width": 64, "height": 64, "steps": 2, **params}
+    with transaction(sessions) as s:
+        job, _ = create_job(s, JobCreateRequest.model_validate(body), None, providers=[DEFAULT_PROVIDER])
+        return job.id
 
 
 def pg_port() -> int:
@@ -147,9 +156,17 @@ class Stack:
     def base(self) -> str:
         return self.api.base
 
-    def add_worker(self) -> WorkerProcess:
-        """Start one more `dreamforge worker` on the same services."""
-        worker = WorkerProcess(data_dir=self.api.data_dir, env=self.env).start()
+    def add_worker(self, *, queue_flag: bool = False) -> WorkerProcess:
+        """Start one more `dreamforge worker` on the same services.
+
+        `queue_flag`: name the stack's queue with `--queue` while the worker's DF_QUEUE names a queue
+        nobody consumes, so anything the worker sends by its settings alone would be stranded.
+        """
+        env, args = self.env, []
+        if queue_flag:
+            env = {**self.env, "DF_QUEUE": f"{self.env['DF_QUEUE']}.unused"}
+            args = ["--queue", self.env["DF_QUEUE"]]
+        worker = WorkerProcess(data_dir=self.api.data_dir, env=env, args=args).start()
         self.workers.append(worker)
         return worker
 
@@ -241,8 +258,15 @@ def server(
 
     The same end-to-end tests run against both: only DF_* settings differ.
     """
-    data_dir = tmp_path_factory.mktemp(request.param) / "var"
-    if request.param == "embedded":
+    with topology_stack(request, request.param, tmp_path_factory.mktemp(request.param) / "var") as stack:
+        yield stack
+
+
+@contextmanager
+def topology_stack(request: pytest.FixtureRequest, topology: str, data_dir: Path) -> Iterator[Stack]:
+    """A fresh stack of `topology` ("embedded" or "distributed") with the tiny model installed."""
+    tiny_model_dir: Path = request.getfixturevalue("tiny_model_dir")
+    if topology == "embedded":
         with embedded_stack(data_dir, tiny_model_dir) as stack:
             yield stack
     else:

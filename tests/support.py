@@ -129,11 +129,13 @@ class ServerProcess(DreamforgeProcess):
 
 @dataclass
 class WorkerProcess(DreamforgeProcess):
-    """A `dreamforge worker` (Celery, solo pool) subprocess."""
+    """A `dreamforge worker` (Celery, solo pool) subprocess; `args` are its command-line flags."""
+
+    args: list[str] = field(default_factory=list)
 
     def start(self, timeout: float = 60) -> WorkerProcess:
         """Start and wait until Celery reports the worker ready to consume."""
-        self._launch(["worker"], lambda: " ready." in self.log_text(), timeout)
+        self._launch(["worker", *self.args], lambda: " ready." in self.log_text(), timeout)
         return self
 
 

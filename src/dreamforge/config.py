@@ -16,7 +16,6 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DF_", env_file=".env", extra="ignore")
 
-    api_base: str = "http://localhost:8001/v1"
     host: str = "127.0.0.1"
     port: int = 8001
 

@@ -1,4 +1,4 @@
-"""Wiring: which store, notifier and dispatcher a process uses, chosen from settings alone.
+"""Wiring: which store, notifier, dispatcher and engines a process uses, chosen from settings alone.
 
 Embedded (no `DF_REDIS_URL`): one process, an in-process worker thread, local notifications.
 Distributed: API processes publish jobs to Celery on Redis and listen to Redis pub/sub for
@@ -8,23 +8,27 @@ events; `dreamforge worker` processes run them. `DF_MINIO_ENDPOINT` picks S3 sto
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from dreamforge.config import Settings
 from dreamforge.db.migrate import upgrade_to_head
-from dreamforge.db.session import create_db_engine, make_session_factory
+from dreamforge.db.session import announce_commits, create_db_engine, make_session_factory
+from dreamforge.engines.base import DEFAULT_PROVIDER, EngineFactory
+from dreamforge.engines.base import Engine as RenderEngine
 from dreamforge.events.notifier import LocalNotifier, Notifier, RedisNotifier
-from dreamforge.jobs.dispatch import CeleryDispatcher, Dispatcher
+from dreamforge.jobs.dispatch import Dispatcher
 from dreamforge.jobs.recovery import Reconciler
-from dreamforge.storage.base import ArtifactStore
+from dreamforge.storage.base import ArtifactStore, FileServingStore
 from dreamforge.storage.local import LocalArtifactStore
 
 if TYPE_CHECKING:
+    from celery import Celery
+
     from dreamforge.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -54,12 +58,19 @@ class Runtime:
     store: ArtifactStore
     notifier: Notifier
     dispatcher: Dispatcher
+    # Provider name -> the engine that renders its jobs; `JobCreateRequest.provider` must be a key.
+    providers: Mapping[str, EngineFactory]
     services: list[Service] = field(default_factory=list)
     # Components `/readyz` reports on, by name.
     checks: dict[str, Check] = field(default_factory=dict)
     # Set in processes that run jobs (the embedded API and Celery workers).
     worker_context: WorkerContext | None = None
     _started: list[Service] = field(default_factory=list)
+
+    @property
+    def serves_files(self) -> bool:
+        """True when artifact URLs point at this API (`/v1/files`) rather than at S3."""
+        return isinstance(self.store, FileServingStore)
 
     def start(self) -> None:
         """Start background services (the in-process worker, event listener, reconciler)."""
@@ -74,9 +85,14 @@ class Runtime:
         self.db_engine.dispose()
 
 
+def store_serves_files(settings: Settings) -> bool:
+    """True when the settings pick the local store, whose URLs the API serves itself."""
+    return not settings.minio_endpoint
+
+
 def build_store(settings: Settings) -> ArtifactStore:
     """The artifact store the settings ask for: S3 when `DF_MINIO_ENDPOINT` is set, else local disk."""
-    if settings.minio_endpoint:
+    if not store_serves_files(settings):
         from dreamforge.storage.s3 import S3ArtifactStore
 
         store = S3ArtifactStore(
@@ -98,6 +114,17 @@ def build_store(settings: Settings) -> ArtifactStore:
     return LocalArtifactStore(
         settings.artifacts_dir, settings.url_signing_key, settings.artifact_url_ttl_seconds
     )
+
+
+def engine_providers(settings: Settings) -> dict[str, EngineFactory]:
+    """Every provider this process offers and how to make its engine (torch is imported on first use)."""
+
+    def sdxl() -> RenderEngine:
+        from dreamforge.engines.sdxl import SDXLEngine
+
+        return SDXLEngine(device=settings.device, dtype=settings.dtype, cpu_offload=settings.cpu_offload)
+
+    return {DEFAULT_PROVIDER: sdxl}
 
 
 def _database_check(engine: Engine) -> Check:
@@ -129,77 +156,86 @@ class _Parts:
     engine: Engine
     sessions: sessionmaker[Session]
     store: ArtifactStore
+    notifier: Notifier
+    providers: dict[str, EngineFactory]
     checks: dict[str, Check]
 
     def runtime(
-        self,
-        notifier: Notifier,
-        dispatcher: Dispatcher,
-        services: list[Service],
-        worker_context: WorkerContext | None = None,
+        self, dispatcher: Dispatcher, services: list[Service], worker_context: WorkerContext | None = None
     ) -> Runtime:
         return Runtime(
             settings=self.settings,
             db_engine=self.engine,
             sessions=self.sessions,
             store=self.store,
-            notifier=notifier,
+            notifier=self.notifier,
             dispatcher=dispatcher,
+            providers=self.providers,
             services=services,
             checks=self.checks,
             worker_context=worker_context,
         )
 
+    def worker_context(self) -> WorkerContext:
+        from dreamforge.worker.context import WorkerContext
 
-def _common(settings: Settings, migrate: bool) -> _Parts:
+        return WorkerContext(
+            settings=self.settings, sessions=self.sessions, store=self.store, engines=self.providers
+        )
+
+
+def _common(settings: Settings, notifier: Notifier, *, migrate: bool) -> _Parts:
     settings.ensure_dirs()
     if migrate:
         upgrade_to_head(settings.database_url)
     engine = create_db_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    # Every committed event wakes the job's streams; the one place commits are announced.
+    announce_commits(sessions, notifier.publish)
     store = build_store(settings)
     checks: dict[str, Check] = {"database": _database_check(engine), "storage": store.ping}
     if settings.distributed:
         checks["broker"] = _redis_check(settings.redis_url)
-    return _Parts(settings, engine, make_session_factory(engine), store, checks)
+    return _Parts(settings, engine, sessions, store, notifier, engine_providers(settings), checks)
 
 
-def _distributed(settings: Settings, parts: _Parts, celery: Any, *, listen: bool) -> Runtime:
+def _distributed(
+    settings: Settings, celery: Celery, *, listen: bool, migrate: bool
+) -> tuple[_Parts, Dispatcher, list[Service]]:
+    from dreamforge.broker.celery import CeleryDispatcher
+
     notifier = RedisNotifier(settings.redis_url, listen=listen)
+    parts = _common(settings, notifier, migrate=migrate)
     dispatcher = CeleryDispatcher(celery, parts.sessions, settings.queue)
     reconciler = Reconciler(
         parts.sessions,
         dispatcher,
-        notifier,
         max_attempts=settings.max_attempts,
         interval_seconds=settings.recovery_interval_seconds,
     )
-    return parts.runtime(notifier, dispatcher, [notifier, reconciler])
+    return parts, dispatcher, [notifier, reconciler]
 
 
 def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     """Wire an API process: embedded (in-process worker) unless `DF_REDIS_URL` names a broker."""
-    from dreamforge.worker.context import WorkerContext
+    if settings.distributed:
+        from dreamforge.broker.celery import make_celery
+
+        parts, dispatcher, services = _distributed(
+            settings, make_celery(settings), listen=True, migrate=migrate
+        )
+        return parts.runtime(dispatcher, services)
     from dreamforge.worker.inprocess import InProcessRunner
 
-    parts = _common(settings, migrate)
-    if settings.distributed:
-        from dreamforge.worker.celery_app import make_celery
-
-        return _distributed(settings, parts, make_celery(settings), listen=True)
-    notifier = LocalNotifier()
-    ctx = WorkerContext(settings=settings, sessions=parts.sessions, store=parts.store, notifier=notifier)
+    parts = _common(settings, LocalNotifier(), migrate=migrate)
+    ctx = parts.worker_context()
     runner = InProcessRunner(ctx)
-    return parts.runtime(notifier, runner, [runner], worker_context=ctx)
+    return parts.runtime(runner, [runner], worker_context=ctx)
 
 
-def build_worker_runtime(settings: Settings, celery: Any) -> Runtime:
+def build_worker_runtime(settings: Settings, celery: Celery) -> Runtime:
     """Wire a Celery worker process: it runs jobs and publishes their events to Redis."""
-    from dreamforge.worker.context import WorkerContext
-
     if not settings.distributed:
         raise RuntimeError("a Celery worker needs DF_REDIS_URL (the embedded topology runs its own worker)")
-    runtime = _distributed(settings, _common(settings, migrate=True), celery, listen=False)
-    runtime.worker_context = WorkerContext(
-        settings=settings, sessions=runtime.sessions, store=runtime.store, notifier=runtime.notifier
-    )
-    return runtime
+    parts, dispatcher, services = _distributed(settings, celery, listen=False, migrate=True)
+    return parts.runtime(dispatcher, services, worker_context=parts.worker_context())

@@ -7,9 +7,12 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from conftest import topology_stack
 from PIL import Image
 from support import read_sse, wait_for_status
 
@@ -215,12 +218,21 @@ def test_jpeg_carries_infotext_in_exif(client: httpx.Client) -> None:
     assert (params["Sampler"], params["Seed"]) == ("UniPC", "5")
 
 
-def test_model_stays_loaded_between_jobs(client: httpx.Client) -> None:
+@pytest.mark.parametrize("topology", ["embedded", "distributed"])
+def test_the_first_job_loads_the_model_and_the_next_reuses_it(
+    request: pytest.FixtureRequest, topology: str, tmp_path: Path
+) -> None:
+    # A fresh service: the module's shared one has long loaded its model.
     logs = []
-    for _ in range(2):
-        job_id = client.post("/jobs", json=JOB).json()["job"]["id"]
-        wait_for_status(client, job_id, {"succeeded"})
-        logs.append(client.get(f"/jobs/{job_id}/logs").text)
+    with (
+        topology_stack(request, topology, tmp_path / "var") as stack,
+        httpx.Client(base_url=stack.base, timeout=30) as client,
+    ):
+        for _ in range(2):
+            job_id = client.post("/jobs", json=JOB).json()["job"]["id"]
+            wait_for_status(client, job_id, {"succeeded"})
+            logs.append(client.get(f"/jobs/{job_id}/logs").text)
+    assert logs[0].count("loaded in") == 1
     assert "loaded in" not in logs[1]
 
 
@@ -232,4 +244,14 @@ def test_models_endpoints(client: httpx.Client) -> None:
     model = client.get(f"/models/{listed[0]['id']}").json()
     assert "text-to-image" in model["capabilities"]
     assert "noise" in model["note"]
+    # The parameters a model advertises are the ones POST /jobs accepts, constraints included.
+    params = model["parameters_schema"]["properties"]
+    assert set(params) == {"width", "height", "steps", "guidance", "scheduler"}
+    assert (params["width"]["minimum"], params["width"]["maximum"], params["width"]["multipleOf"]) == (
+        64,
+        4096,
+        8,
+    )
+    assert params["scheduler"]["enum"] == ["dpmpp_2m_karras", "unipc"]
+    assert params["steps"]["default"] == 30
     assert client.get("/models", params={"enabled": "false"}).json()["models"] == []

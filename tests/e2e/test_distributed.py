@@ -93,8 +93,16 @@ def test_worker_killed_mid_job_another_worker_finishes_it(stack: Stack, moto_s3:
     assert logs.count("started on") == 2
 
 
-def test_worker_stopped_gracefully_requeues_without_using_an_attempt(stack: Stack) -> None:
-    with httpx.Client(base_url=stack.base, timeout=30) as client:
+def test_worker_stopped_gracefully_requeues_on_its_queue_without_using_an_attempt(
+    tmp_path: Path, tiny_model_dir: Path, moto_s3: MotoS3
+) -> None:
+    # The workers get their queue from `--queue` alone: a job re-queued at shutdown must go back
+    # there (not to DF_QUEUE), or no worker would ever pick it up again.
+    with (
+        distributed_stack(tmp_path / "var", tiny_model_dir, moto_s3, workers=0) as stack,
+        httpx.Client(base_url=stack.base, timeout=30) as client,
+    ):
+        stack.add_worker(queue_flag=True)
         job_id = client.post("/jobs", json={**JOB, "steps": 200, "width": 128, "height": 128}).json()["job"][
             "id"
         ]
@@ -105,7 +113,7 @@ def test_worker_stopped_gracefully_requeues_without_using_an_attempt(stack: Stac
         assert stack.workers[0].proc is not None and stack.workers[0].proc.returncode == 0
         assert client.get(f"/jobs/{job_id}").json()["status"] == "queued"
 
-        stack.add_worker()
+        stack.add_worker(queue_flag=True)
         done = wait_for_status(client, job_id, {"succeeded", "failed"}, timeout=180)
         assert done["status"] == "succeeded", done
         assert done["attempts"] == 1

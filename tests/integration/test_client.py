@@ -18,7 +18,7 @@ from PIL import Image
 from support import ServerProcess, TcpProxy, free_port
 
 from dreamforge.client import (
-    ApiError,
+    ApiStatusError,
     ApiUnreachable,
     Artifact,
     DreamForgeClient,
@@ -96,7 +96,7 @@ def test_idempotency_key_replays_the_same_job(df: DreamForgeClient) -> None:
     first = df.create_job(SMALL, idempotency_key=key)
     again = df.create_job(SMALL, idempotency_key=key)
     assert again.job.id == first.job.id and again.replayed
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ApiStatusError) as caught:
         df.create_job({**SMALL, "prompt": "something else"}, idempotency_key=key)
     assert caught.value.status == 409 and caught.value.code == "idempotency_key_reused"
     df.wait(first.job.id)
@@ -104,19 +104,19 @@ def test_idempotency_key_replays_the_same_job(df: DreamForgeClient) -> None:
 
 def test_errors_carry_the_error_response(df: DreamForgeClient) -> None:
     missing = uuid.uuid4()
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ApiStatusError) as caught:
         df.get_job(missing)
     assert caught.value.status == 404
     assert caught.value.error.code == "not_found"
     assert caught.value.error.details["id"] == str(missing)
     assert caught.value.error.correlation_id
 
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ApiStatusError) as caught:
         df.create_job({**SMALL, "width": 100})
     assert caught.value.status == 422
     assert caught.value.error.details["errors"][0]["field"] == "width"
 
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ApiStatusError) as caught:
         list(df.stream_events(missing))
     assert caught.value.status == 404
 
@@ -141,10 +141,10 @@ def test_unreachable_and_foreign_servers(tmp_path: Path) -> None:
     threading.Thread(target=web.serve_forever, daemon=True).start()
     try:
         with DreamForgeClient(f"http://127.0.0.1:{web.server_address[1]}/v1") as df:
-            with pytest.raises(ApiError) as foreign:
+            with pytest.raises(ApiStatusError) as foreign:
                 df.get_job(job_id)
             assert foreign.value.status == 200 and foreign.value.code == "invalid_response"
-            with pytest.raises(ApiError) as foreign:
+            with pytest.raises(ApiStatusError) as foreign:
                 df.get_job(uuid.uuid4())
             assert foreign.value.status == 404 and foreign.value.code == "http_404"
     finally:

@@ -11,23 +11,21 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import redis_url, register_tiny
+from conftest import redis_url, register_tiny, stage_job
 from s3_server import MotoS3
 from sqlalchemy import update
 from support import free_port
 
-from dreamforge.api.schemas import JobCreateRequest, JobStatus
+from dreamforge.api.schemas import JobStatus
+from dreamforge.broker.celery import CeleryDispatcher, make_celery
 from dreamforge.config import Settings
 from dreamforge.db.session import create_db_engine, make_session_factory, transaction
 from dreamforge.db.tables import Job, utcnow
-from dreamforge.events.notifier import RedisNotifier
 from dreamforge.events.repository import events_after
 from dreamforge.jobs import repository as jobs_repo
-from dreamforge.jobs.dispatch import CeleryDispatcher
 from dreamforge.jobs.recovery import Reconciler
-from dreamforge.jobs.service import create_job
+from dreamforge.runtime import engine_providers
 from dreamforge.storage.s3 import S3ArtifactStore
-from dreamforge.worker.celery_app import make_celery
 from dreamforge.worker.context import WorkerContext
 from dreamforge.worker.runner import run_job
 
@@ -49,9 +47,7 @@ def reconciler(distributed: Settings) -> Iterator[Reconciler]:
     engine = create_db_engine(distributed.database_url)
     sessions = make_session_factory(engine)
     dispatcher = CeleryDispatcher(make_celery(distributed), sessions, distributed.queue)
-    notifier = RedisNotifier(distributed.redis_url, listen=False)
-    yield Reconciler(sessions, dispatcher, notifier, max_attempts=2, interval_seconds=60)
-    notifier.stop()
+    yield Reconciler(sessions, dispatcher, max_attempts=2, interval_seconds=60)
     engine.dispose()
 
 
@@ -60,10 +56,7 @@ def _queue_length(settings: Settings) -> int:
 
 
 def _submit(rec: Reconciler, **params: object) -> uuid.UUID:
-    body = {"type": "generate", "prompt": "a red cube", "width": 64, "height": 64, "steps": 2, **params}
-    with transaction(rec.sessions) as s:
-        job, _ = create_job(s, JobCreateRequest.model_validate(body), None)
-        return job.id
+    return stage_job(rec.sessions, **params)
 
 
 def _age(rec: Reconciler, job_id: uuid.UUID, seconds: float) -> None:
@@ -124,7 +117,7 @@ def _context(settings: Settings, store: S3ArtifactStore) -> WorkerContext:
         settings=settings,
         sessions=sessions,
         store=store,
-        notifier=RedisNotifier(settings.redis_url, listen=False),
+        engines=engine_providers(settings),
     )
 
 
@@ -138,18 +131,13 @@ def test_storage_outage_fails_the_item_clearly_and_lists_nothing(distributed: Se
         retry_max_wait=0.2,
     )
     ctx = _context(distributed, dead)
-    with transaction(ctx.sessions) as s:
-        job, _ = create_job(
-            s,
-            JobCreateRequest.model_validate({"type": "generate", "prompt": "x", "width": 64, "height": 64}),
-            None,
-        )
-    assert run_job(ctx, job.id) is JobStatus.failed
+    job_id = stage_job(ctx.sessions, prompt="x", steps=30)
+    assert run_job(ctx, job_id) is JobStatus.failed
     with ctx.sessions() as s:
-        failed = jobs_repo.get_job(s, job.id)
+        failed = jobs_repo.get_job(s, job_id)
         assert failed is not None and failed.error_code == "storage_unavailable"
         assert "127.0.0.1" in (failed.error_message or "")
-        assert jobs_repo.list_artifacts(s, job.id) == []
+        assert jobs_repo.list_artifacts(s, job_id) == []
 
 
 def test_a_worker_whose_job_was_taken_away_writes_nothing(

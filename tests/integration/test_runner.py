@@ -1,4 +1,8 @@
-"""`run_job` with the real engine and SQLite: the events, rows and files a job leaves behind."""
+"""`run_job` on SQLite and Postgres: the events, rows and files a job leaves behind.
+
+Each test runs with the real SDXL engine (tiny model) and with a fake engine that needs no torch,
+so the job path is checked on its own and together with the engine.
+"""
 
 from __future__ import annotations
 
@@ -8,53 +12,50 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import register_tiny, stage_job
+from fake_engine import FakeEngine
 from sqlalchemy import delete, update
-from sqlalchemy.orm import Session, sessionmaker
 
-from dreamforge.api.schemas import JobCreateRequest, JobStatus
+from dreamforge.api.schemas import DEFAULT_PROVIDER, JobStatus
 from dreamforge.config import Settings
 from dreamforge.db.session import create_db_engine, make_session_factory, transaction
 from dreamforge.db.tables import Artifact, Job
-from dreamforge.events.notifier import LocalNotifier
+from dreamforge.engines.base import EngineFactory
 from dreamforge.events.repository import events_after
 from dreamforge.jobs import repository as jobs_repo
 from dreamforge.jobs.lifecycle import settle_interrupted
-from dreamforge.jobs.service import create_job
 from dreamforge.recipe.embed import read_metadata
 from dreamforge.recipe.infotext import parse_infotext
 from dreamforge.registry.repository import get_model_by_name
-from dreamforge.runtime import build_store
+from dreamforge.runtime import build_store, engine_providers
 from dreamforge.worker.context import WorkerContext
 from dreamforge.worker.runner import run_job
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite-sdxl", "postgres-sdxl", "sqlite-fake"])
 def ctx(request: pytest.FixtureRequest, settings: Settings, tiny_model_dir: Path) -> Iterator[WorkerContext]:
-    """A worker context on SQLite (embedded default) and on Postgres (same code, other DF_DB_URL)."""
-    from conftest import register_tiny
-
-    if request.param == "postgres":
+    """A worker context on SQLite (embedded default) and on Postgres (same code, other DF_DB_URL),
+    with the SDXL engine, and on SQLite with the fake engine."""
+    database, engine_kind = request.param.split("-")
+    if database == "postgres":
         settings = settings.model_copy(update={"db_url": request.getfixturevalue("pg_url")})
     register_tiny(settings.database_url, tiny_model_dir)
-    engine = create_db_engine(settings.database_url)
-    yield WorkerContext(
-        settings=settings,
-        sessions=make_session_factory(engine),
-        store=build_store(settings),
-        notifier=LocalNotifier(),
+    engines: dict[str, EngineFactory] = (
+        engine_providers(settings) if engine_kind == "sdxl" else {DEFAULT_PROVIDER: FakeEngine}
     )
-    engine.dispose()
+    db = create_db_engine(settings.database_url)
+    yield WorkerContext(
+        settings=settings, sessions=make_session_factory(db), store=build_store(settings), engines=engines
+    )
+    db.dispose()
 
 
-def _submit(sessions: sessionmaker[Session], **params: object) -> uuid.UUID:
-    body = {"type": "generate", "prompt": "a blue sphere", "width": 64, "height": 64, "steps": 3, **params}
-    with transaction(sessions) as s:
-        job, _ = create_job(s, JobCreateRequest.model_validate(body), None)
-        return job.id
+def _submit(ctx: WorkerContext, **params: object) -> uuid.UUID:
+    return stage_job(ctx.sessions, **{"prompt": "a blue sphere", "steps": 3, **params})
 
 
 def test_job_runs_to_success_with_one_artifact_per_item(ctx: WorkerContext) -> None:
-    job_id = _submit(ctx.sessions, count=2, seed=1234, negative_prompt="dull")
+    job_id = _submit(ctx, count=2, seed=1234, negative_prompt="dull")
     assert run_job(ctx, job_id) is JobStatus.succeeded
     with ctx.sessions() as s:
         job = jobs_repo.get_job(s, job_id)
@@ -79,18 +80,16 @@ def test_job_runs_to_success_with_one_artifact_per_item(ctx: WorkerContext) -> N
 def test_engine_failure_fails_the_job_and_the_next_job_still_runs(
     ctx: WorkerContext, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from conftest import register_tiny
-
     broken_dir = tmp_path / "broken"
     shutil.copytree(tiny_model_dir, broken_dir)
     broken_id = uuid.UUID(register_tiny(ctx.settings.database_url, broken_dir, name="broken"))
     shutil.rmtree(broken_dir)
 
-    bad = _submit(ctx.sessions, model_id=str(broken_id))
+    bad = _submit(ctx, model_id=str(broken_id))
     with ctx.sessions() as s:
         tiny = get_model_by_name(s, "tiny-sdxl")
         assert tiny is not None
-    good = _submit(ctx.sessions, model_id=str(tiny.id))
+    good = _submit(ctx, model_id=str(tiny.id))
     assert run_job(ctx, bad) is JobStatus.failed
     assert run_job(ctx, good) is JobStatus.succeeded
     with ctx.sessions() as s:
@@ -109,7 +108,7 @@ def test_engine_failure_fails_the_job_and_the_next_job_still_runs(
 
 
 def test_rerun_after_a_crash_keeps_finished_items_and_recorded_seeds(ctx: WorkerContext) -> None:
-    job_id = _submit(ctx.sessions, count=2)
+    job_id = _submit(ctx, count=2)
     run_job(ctx, job_id)
     with ctx.sessions() as s:
         before = {a.item_index: (a.id, a.sha256, a.seed) for a in jobs_repo.list_artifacts(s, job_id)}
@@ -130,7 +129,7 @@ def test_rerun_after_a_crash_keeps_finished_items_and_recorded_seeds(ctx: Worker
 
 
 def test_out_of_attempts_fails_with_worker_lost(ctx: WorkerContext) -> None:
-    job_id = _submit(ctx.sessions)
+    job_id = _submit(ctx)
     with transaction(ctx.sessions) as s:
         s.execute(update(Job).where(Job.id == job_id).values(status="running", attempts=3))
         requeued, failed = settle_interrupted(s, max_attempts=3)
@@ -142,6 +141,6 @@ def test_out_of_attempts_fails_with_worker_lost(ctx: WorkerContext) -> None:
 
 
 def test_a_job_is_claimed_once(ctx: WorkerContext) -> None:
-    job_id = _submit(ctx.sessions)
+    job_id = _submit(ctx)
     assert run_job(ctx, job_id) is JobStatus.succeeded
     assert run_job(ctx, job_id) is None

@@ -128,13 +128,6 @@ def test_put_then_get_round_trips_bytes_and_content_type(
     )
 
 
-def test_exists_reports_presence(store: S3ArtifactStore) -> None:
-    key = _key()
-    assert store.exists(key) is False
-    store.put(key, b"x", "image/png")
-    assert store.exists(key) is True
-
-
 def test_get_of_a_missing_key_raises_key_error(store: S3ArtifactStore) -> None:
     key = _key()
     with pytest.raises(KeyError) as info:
@@ -171,7 +164,7 @@ def test_presigned_url_carries_the_public_endpoint(s3: MotoS3, store: S3Artifact
     assert (url.scheme, url.netloc) == ("http", "files.example.test:9000")
     assert url.path == f"/{store.bucket}/{key}"
     # Uploads still go to the internal endpoint.
-    assert public.exists(key)
+    assert public.get(key) == PNG
 
 
 def test_unreachable_endpoint_fails_after_exactly_retry_attempts(
@@ -207,7 +200,8 @@ def test_unreachable_endpoint_fails_after_exactly_retry_attempts(
     # Nothing reached any server: a live store on the same bucket and key finds nothing.
     live = _store(s3, bucket)
     live.ensure_bucket()
-    assert live.exists(key) is False
+    with pytest.raises(KeyError):
+        live.get(key)
 
 
 def test_unreachable_endpoint_fails_ping_and_ensure_bucket() -> None:

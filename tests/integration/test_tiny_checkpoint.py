@@ -20,8 +20,8 @@ diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from dreamforge.engines.original_layout import copy_config_tree, write_single_file  # noqa: E402
-from dreamforge.engines.tiny import MARKER, MARKER_FILE, build_tiny_pipeline  # noqa: E402
+from dreamforge.registry.original_layout import copy_config_tree, write_single_file  # noqa: E402
+from dreamforge.registry.tiny import MARKER, MARKER_FILE, build_tiny_pipeline  # noqa: E402
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 PROMPT = "a lighthouse on a cliff at dusk"
@@ -95,10 +95,12 @@ def test_single_file_round_trip_is_exact(folder_pipe: Any, single_file_pipe: Any
     assert _render(single_file_pipe)[1] == _render(folder_pipe)[1]
 
 
-def test_engine_modules_import_without_torch() -> None:
-    # The API process must be able to import these modules on a host without the worker extras.
+def test_tiny_model_modules_import_without_torch_or_sqlalchemy() -> None:
+    # The API process must be able to import these modules on a host without the worker extras,
+    # and the API's views import the tiny model's note without pulling the registry's database side.
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['diffusers'] = None; "
-        "import dreamforge.engines.tiny, dreamforge.engines.original_layout"
+        "sys.modules['sqlalchemy'] = None; "
+        "import dreamforge.registry.tiny, dreamforge.registry.original_layout"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dreamforge.broker.celery import TASK_NAME, celery_config, make_celery
 from dreamforge.config import Settings
-from dreamforge.worker.celery_app import TASK_NAME, celery_config, make_celery
+from dreamforge.worker.celery_app import create_worker_app
 
 
 def test_late_acks_prefetch_one_and_a_visibility_timeout_longer_than_any_job() -> None:
@@ -20,9 +21,15 @@ def test_late_acks_prefetch_one_and_a_visibility_timeout_longer_than_any_job() -
     assert transport["unacked_restore_throttle"] == 1
 
 
-def test_the_task_is_registered_and_acks_late() -> None:
-    app = make_celery(Settings(redis_url="redis://127.0.0.1:6379/0", queue="gpu.a100", _env_file=None))
+def test_the_worker_registers_the_task_with_late_acks_on_its_own_queue() -> None:
+    app = create_worker_app(Settings(redis_url="redis://127.0.0.1:6379/0", queue="gpu.a100", _env_file=None))
     task = app.tasks[TASK_NAME]
     assert task.acks_late is True
     assert task.reject_on_worker_lost is True
     assert app.conf.task_default_queue == "gpu.a100"
+
+
+def test_the_api_publisher_registers_no_task() -> None:
+    # The API only publishes by name; running jobs is the worker's alone.
+    app = make_celery(Settings(redis_url="redis://127.0.0.1:6379/0", _env_file=None))
+    assert TASK_NAME not in app.tasks

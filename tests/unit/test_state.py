@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dreamforge.api.schemas import JobStatus
-from dreamforge.jobs.state import IllegalTransition, check_transition, is_terminal
+from dreamforge.jobs.state import IllegalTransition, check_transition
 
 
 @pytest.mark.parametrize(
@@ -29,9 +29,3 @@ def test_allowed(current: str, target: str) -> None:
 def test_forbidden(current: str, target: str) -> None:
     with pytest.raises(IllegalTransition):
         check_transition(current, JobStatus(target))
-
-
-def test_terminal_states() -> None:
-    assert is_terminal("succeeded")
-    assert is_terminal("failed")
-    assert not is_terminal("running")

@@ -13,7 +13,7 @@ from dreamforge.api.errors import install_error_handlers
 from dreamforge.api.middleware import RequestIdMiddleware
 from dreamforge.api.routes import files, health, jobs, models
 from dreamforge.config import Settings
-from dreamforge.runtime import Runtime, build_runtime
+from dreamforge.runtime import Runtime, build_runtime, store_serves_files
 
 DESCRIPTION = (
     "API-first media generation service. Create a job, follow it with the SSE progress stream, "
@@ -23,12 +23,11 @@ DESCRIPTION = (
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     """Build the app; without `runtime` it wires one from `settings` on startup."""
+    settings = settings or (runtime.settings if runtime is not None else Settings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        rt = (
-            runtime if runtime is not None else await run_in_threadpool(build_runtime, settings or Settings())
-        )
+        rt = runtime if runtime is not None else await run_in_threadpool(build_runtime, settings)
         app.state.runtime = rt
         await run_in_threadpool(rt.start)
         try:
@@ -45,7 +44,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
-    for router in (jobs.router, models.router, files.router):
-        app.include_router(router, prefix="/v1")
+    app.include_router(jobs.router, prefix="/v1")
+    app.include_router(models.router, prefix="/v1")
+    # Only a store whose signed URLs point back at this API needs `/v1/files`; S3 URLs go to S3.
+    serves_files = runtime.serves_files if runtime is not None else store_serves_files(settings)
+    if serves_files:
+        app.include_router(files.router, prefix="/v1")
     app.include_router(health.router)
     return app

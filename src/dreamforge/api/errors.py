@@ -14,24 +14,29 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dreamforge.api.schemas import ErrorResponse
-from dreamforge.jobs.service import IdempotencyConflict, UnknownProvider
-from dreamforge.registry.selection import ModelUnavailable
+from dreamforge.errors import DreamForgeError
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-Id"
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
+# OpenAPI `responses` the routes share: every error body is an ErrorResponse.
+Responses = dict[int | str, dict[str, Any]]
+ERROR_BODY = {"model": ErrorResponse}
+NOT_FOUND: Responses = {404: {**ERROR_BODY, "description": "Not found"}}
+INVALID: Responses = {422: {**ERROR_BODY, "description": "Validation error"}}
+UNAVAILABLE: Responses = {
+    503: {**ERROR_BODY, "description": "A dependency is down: `database_unavailable` (retry shortly)"}
+}
 
-class ApiError(Exception):
-    """An error with its HTTP status and stable code, raised by routes."""
+
+class ApiError(DreamForgeError):
+    """An error of the HTTP layer itself (a malformed header, a missing resource), raised by routes."""
 
     def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, code=code, details=details)
         self.status = status
-        self.code = code
-        self.message = message
-        self.details = details or {}
 
 
 def error_response(
@@ -78,8 +83,8 @@ def _validation_details(exc: RequestValidationError) -> dict[str, Any]:
 def install_error_handlers(app: FastAPI) -> None:
     """Map framework and domain exceptions to `ErrorResponse`s."""
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    @app.exception_handler(DreamForgeError)
+    async def _domain(_: Request, exc: DreamForgeError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.details)
 
     @app.exception_handler(RequestValidationError)
@@ -98,20 +103,6 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(exc.detail) if exc.detail else code.replace("_", " ")
         return error_response(exc.status_code, code, message)
 
-    @app.exception_handler(IdempotencyConflict)
-    async def _idem(_: Request, exc: IdempotencyConflict) -> JSONResponse:
-        return error_response(
-            409, "idempotency_key_reused", str(exc), {"idempotency_key": exc.key, "job_id": str(exc.job_id)}
-        )
-
-    @app.exception_handler(ModelUnavailable)
-    async def _model(_: Request, exc: ModelUnavailable) -> JSONResponse:
-        details: dict[str, Any] = {"field": "model_id", "reason": exc.reason}
-        if exc.model_id is not None:
-            details["model_id"] = str(exc.model_id)
-        code = "no_model_installed" if exc.reason == "none" else "model_unavailable"
-        return error_response(422, code, str(exc), details)
-
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
         log.error("database unavailable: %s", exc.orig)
@@ -120,10 +111,4 @@ def install_error_handlers(app: FastAPI) -> None:
             "database_unavailable",
             "the database is unreachable; retry shortly",
             {"component": "database"},
-        )
-
-    @app.exception_handler(UnknownProvider)
-    async def _provider(_: Request, exc: UnknownProvider) -> JSONResponse:
-        return error_response(
-            422, "unknown_provider", str(exc), {"field": "provider", "provider": exc.provider}
         )

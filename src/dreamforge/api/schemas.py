@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-DEFAULT_PROVIDER = "local-sdxl-epicrealism"
+# The domain's vocabulary, part of the contract; re-exported so clients import it from here.
+from dreamforge.engines.base import DEFAULT_PROVIDER, Scheduler
+from dreamforge.jobs.state import JobStatus
+from dreamforge.storage.base import ImageFormat
 
-
-class JobStatus(StrEnum):
-    """Lifecycle states of a job."""
-
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-
-
-class Scheduler(StrEnum):
-    """Samplers a job can ask for."""
-
-    dpmpp_2m_karras = "dpmpp_2m_karras"
-    unipc = "unipc"
-
-
-class ImageFormat(StrEnum):
-    """Encodings for artifacts."""
-
-    png = "png"
-    jpg = "jpg"
+__all__ = ["DEFAULT_PROVIDER", "ImageFormat", "JobStatus", "Scheduler"]
 
 
 class ErrorResponse(BaseModel):
@@ -59,6 +40,9 @@ class ReadinessResponse(BaseModel):
     )
 
 
+_MULTIPLE_OF_8: dict[str, Any] = {"multipleOf": 8}
+
+
 class JobCreateRequest(BaseModel):
     """A request to generate `count` images from a prompt.
 
@@ -73,8 +57,13 @@ class JobCreateRequest(BaseModel):
     provider: str = Field(default=DEFAULT_PROVIDER, max_length=100)
     prompt: str = Field(min_length=1, max_length=4096)
     negative_prompt: str | None = Field(default=None, max_length=4096)
-    width: int = Field(ge=64, le=4096, description="Pixels; a multiple of 8.")
-    height: int = Field(ge=64, le=4096, description="Pixels; a multiple of 8.")
+    # `multipleOf` is stated in the schema; the validator below enforces it with a message that helps.
+    width: int = Field(
+        ge=64, le=4096, description="Pixels; a multiple of 8.", json_schema_extra=_MULTIPLE_OF_8
+    )
+    height: int = Field(
+        ge=64, le=4096, description="Pixels; a multiple of 8.", json_schema_extra=_MULTIPLE_OF_8
+    )
     steps: int = Field(default=30, ge=1, le=200)
     guidance: float = Field(default=7.0, ge=0, le=50)
     scheduler: Scheduler = Scheduler.dpmpp_2m_karras

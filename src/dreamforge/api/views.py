@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from dreamforge.api.schemas import (
     Artifact,
     JobCounts,
+    JobCreatedResponse,
+    JobCreateRequest,
     JobError,
     JobStatus,
     JobStatusResponse,
     JobStep,
+    JobSummaryRef,
+    LogEvent,
     ModelDescriptor,
     ModelFile,
     ModelSummary,
@@ -20,9 +25,31 @@ from dreamforge.api.schemas import (
 )
 from dreamforge.db import tables
 from dreamforge.jobs.state import STAGES
+from dreamforge.registry.hashing import autov2
+from dreamforge.registry.tiny import TINY_NOTE
 from dreamforge.storage.base import ArtifactStore
 
-TINY_NOTE = "random weights: images are noise, for tests and demos only"
+# The request fields an SDXL checkpoint's jobs tune, advertised as the model's `parameters_schema`.
+SDXL_PARAMETERS = ("width", "height", "steps", "guidance", "scheduler")
+
+
+def created_view(job: tables.Job) -> JobCreatedResponse:
+    """The answer to `POST /jobs`: the job as accepted."""
+    return JobCreatedResponse(
+        job=JobSummaryRef(id=job.id, status=job.status, type="generate", created_at=job.created_at)
+    )
+
+
+def log_view(event: tables.JobEvent) -> LogEvent:
+    """A persisted `log` event as one line of `/logs` (the SSE `log` event carries the same fields)."""
+    return LogEvent(
+        id=event.id,
+        ts=event.ts,
+        level=event.data.get("level", "info"),
+        message=event.data.get("message", ""),
+        item_index=event.item_index,
+        job_id=event.job_id,
+    )
 
 
 def job_view(job: tables.Job) -> JobStatusResponse:
@@ -82,6 +109,20 @@ def progress_view(job: tables.Job, items: list[tables.JobItem]) -> ProgressRespo
     )
 
 
+@cache
+def sdxl_parameters_schema() -> dict[str, Any]:
+    """The JSON Schema of the job parameters an SDXL checkpoint takes, cut from `JobCreateRequest`."""
+    schema = JobCreateRequest.model_json_schema()
+    definitions = schema.get("$defs", {})
+    properties: dict[str, Any] = {}
+    for name in SDXL_PARAMETERS:
+        prop = dict(schema["properties"][name])
+        ref = prop.pop("$ref", None)
+        # Enums are shared definitions in the request's schema; inline them so the fragment stands alone.
+        properties[name] = {**definitions[ref.rsplit("/", 1)[-1]], **prop} if ref else prop
+    return {"type": "object", "properties": properties}
+
+
 def model_summary(row: tables.Model) -> ModelSummary:
     """The list form of a model."""
     return ModelSummary(
@@ -91,7 +132,10 @@ def model_summary(row: tables.Model) -> ModelSummary:
         version=row.version,
         installed=row.installed,
         enabled=row.enabled,
-        parameters_schema=row.parameters_schema or {},
+        # SDXL checkpoints take exactly what the contract accepts; other kinds describe their own.
+        parameters_schema=(
+            sdxl_parameters_schema() if row.kind == "sdxl-checkpoint" else dict(row.parameters_schema or {})
+        ),
     )
 
 
@@ -104,7 +148,7 @@ def model_descriptor(row: tables.Model) -> ModelDescriptor:
         source=row.source,
         revision=row.revision,
         sha256=row.sha256,
-        autov2=row.sha256[:10] if row.sha256 else None,
+        autov2=autov2(row.sha256) if row.sha256 else None,
         size_bytes=row.size_bytes,
         files=[ModelFile(path=f["path"], size_bytes=f["size"], sha256=f["sha256"]) for f in row.files or []],
         note=TINY_NOTE if row.is_tiny else None,

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import uvicorn
 from rich.console import Console
 
 from dreamforge.api.app import create_app
+from dreamforge.client import ApiStatusError, ApiUnreachable, DreamForgeClient, JobEvent, JobStatus
 from dreamforge.config import Settings
 from dreamforge.db.migrate import upgrade_to_head
 from dreamforge.db.session import create_db_engine, make_session_factory, transaction
+from dreamforge.events.kinds import EventKind
 from dreamforge.recipe.embed import read_metadata
 from dreamforge.registry import repository as models_repo
 from dreamforge.registry.install import create_tiny_model
@@ -53,7 +54,7 @@ def run_demo(settings: Settings, *, prompt: str, size: int, steps: int, console:
     thread.start()
     base = f"http://{host}:{port}/v1"
     try:
-        with httpx.Client(base_url=base, timeout=30) as client:
+        with DreamForgeClient(base, timeout=30) as client:
             deadline = time.monotonic() + 30
             while not server.started:
                 if time.monotonic() > deadline or not thread.is_alive():
@@ -68,41 +69,40 @@ def run_demo(settings: Settings, *, prompt: str, size: int, steps: int, console:
                 "steps": steps,
                 "seed": 42,
             }
-            created = client.post("/jobs", json=body)
-            if created.status_code != 202:
-                console.print(f"[red]job rejected:[/red] {created.text}")
+            try:
+                job_id = client.create_job(body).job.id
+            except ApiStatusError as exc:
+                console.print(f"[red]job rejected:[/red] {exc.error.model_dump_json()}")
                 return 1
-            job_id = created.json()["job"]["id"]
             console.print(
                 f"job {job_id} accepted; following {base}/jobs/{job_id}/progress/stream", soft_wrap=True
             )
-            status = "unknown"
-            with client.stream("GET", f"/jobs/{job_id}/progress/stream", timeout=None) as stream:
-                event = ""
-                for line in stream.iter_lines():
-                    if line.startswith("event:"):
-                        event = line.split(":", 1)[1].strip()
-                    elif line.startswith("data:") and event in ("progress", "done"):
-                        data = json.loads(line.split(":", 1)[1])
-                        if event == "progress":
-                            console.print(
-                                f"  item {data['item_index']}: {data['progress']:.0%}", highlight=False
-                            )
-                        else:
-                            status = data["status"]
-                            break
-            if status != "succeeded":
-                job = client.get(f"/jobs/{job_id}").json()
-                console.print(f"[red]job {status}:[/red] {job.get('error')}")
+
+            def show_progress(event: JobEvent) -> None:
+                if event.event == EventKind.progress:
+                    data = event.data
+                    console.print(f"  item {data['item_index']}: {data['progress']:.0%}", highlight=False)
+
+            try:
+                final = client.wait(job_id, on_event=show_progress)
+                if final.status is not JobStatus.succeeded:
+                    error = final.error.model_dump(mode="json") if final.error else None
+                    console.print(f"[red]job {final.status.value}:[/red] {error}")
+                    return 1
+                artifact = client.list_artifacts(job_id).artifacts[0]
+                with tempfile.TemporaryDirectory() as tmp:
+                    download = Path(tmp) / "image"
+                    client.download_artifact(artifact, download)
+                    meta = read_metadata(download.read_bytes())
+            except (ApiStatusError, ApiUnreachable) as exc:
+                console.print(f"[red]error:[/red] {exc}", highlight=False)
                 return 1
-            artifact = client.get(f"/jobs/{job_id}/artifacts").json()["artifacts"][0]
-            image = client.get(artifact["url"])
-            image.raise_for_status()
-            path = settings.artifacts_dir / artifact["s3_key"]
-            meta = read_metadata(image.content)
+            path = settings.artifacts_dir / artifact.s3_key
+            # As the API wrote it, not as Python prints a datetime.
+            expires_at = artifact.model_dump(mode="json")["expires_at"]
             console.print(f"embedded infotext:\n{meta.infotext}", highlight=False, soft_wrap=True)
             print(f"image: {Path(path).resolve()}")
-            print(f"url:   {artifact['url']}  (valid until {artifact['expires_at']}, while a server runs)")
+            print(f"url:   {artifact.url}  (valid until {expires_at}, while a server runs)")
             return 0
     finally:
         server.should_exit = True

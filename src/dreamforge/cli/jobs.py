@@ -42,7 +42,7 @@ from dreamforge.cli.output import (
     note,
 )
 from dreamforge.cli.progress import job_view_for, progress_for
-from dreamforge.client import ApiError, ApiUnreachable, DreamForgeClient
+from dreamforge.client import ApiStatusError, ApiUnreachable, DreamForgeClient
 from dreamforge.client.sync import DEFAULT_API_BASE
 
 EXIT_API_ERROR = 1
@@ -105,7 +105,7 @@ def _api(api_base: str, verbose: bool) -> Iterator[DreamForgeClient]:
     try:
         with client:
             yield client
-    except ApiError as exc:
+    except ApiStatusError as exc:
         typer.echo(exc.error.model_dump_json(indent=2), err=True)
         raise typer.Exit(EXIT_API_ERROR) from None
     except ApiUnreachable as exc:
@@ -411,7 +411,7 @@ def _fetch(
     progress.start(path.name, artifact.size_bytes, 0)
     try:
         client.download_artifact(artifact, path, on_bytes=progress.advance)
-    except ApiError as exc:
+    except ApiStatusError as exc:
         if exc.status != 403:
             raise
         # The signed URL expired while earlier files downloaded: sign a new one and try once more.

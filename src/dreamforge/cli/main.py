@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from dreamforge.cli import jobs, models
-from dreamforge.cli.output import err
+from dreamforge.cli.output import configure_logging, err
 from dreamforge.config import Settings
 
 app = typer.Typer(
@@ -28,13 +28,6 @@ app.add_typer(jobs.app, name="job")
 app.add_typer(models.app, name="model")
 
 
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (DF_HOST, default 127.0.0.1).")] = None,
@@ -46,7 +39,7 @@ def serve(
 
     from dreamforge.api.app import create_app
 
-    _configure_logging(verbose)
+    configure_logging(verbose, level=logging.INFO)
     settings = Settings()
     uvicorn.run(
         create_app(settings),
@@ -72,16 +65,19 @@ def worker(
     if not settings.distributed:
         err.print("[red]error:[/red] DF_REDIS_URL is not set; the embedded topology runs jobs inside 'serve'")
         raise typer.Exit(2)
-    _configure_logging(verbose)
-    from dreamforge.worker.celery_app import app as celery
+    if queue:
+        # The worker re-queues interrupted jobs and sweeps with these settings: one queue throughout.
+        settings = settings.model_copy(update={"queue": queue})
+    configure_logging(verbose, level=logging.INFO)
+    from dreamforge.worker.celery_app import create_worker_app
 
-    celery.worker_main(
+    create_worker_app(settings).worker_main(
         [
             "worker",
             # solo: the model stays loaded in this one process, and SIGTERM reaches the running job.
             "--pool=solo",
             "--concurrency=1",
-            f"--queues={queue or settings.queue}",
+            f"--queues={settings.queue}",
             f"--loglevel={'DEBUG' if verbose else 'INFO'}",
             "--without-gossip",
             "--without-mingle",
@@ -98,7 +94,7 @@ def demo(
     """Render one image end to end through the HTTP API (creates the tiny model if none is installed)."""
     from dreamforge.cli.demo import run_demo
 
-    _configure_logging(False)
+    configure_logging(False, level=logging.INFO)
     logging.getLogger("uvicorn").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("dreamforge").setLevel(logging.WARNING)

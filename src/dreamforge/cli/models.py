@@ -141,6 +141,7 @@ def download(
 
     Only .safetensors files are installed; pickle formats (.ckpt, .pt, .bin) are refused.
     """
+    from dreamforge.registry import repository as models_repo
     from dreamforge.registry.download import InvalidModelName, ModelDownloader
     from dreamforge.registry.formats import UnsafeFile
     from dreamforge.registry.install import ModelNameTaken
@@ -169,9 +170,7 @@ def download(
         except KeyboardInterrupt:
             raise fail("interrupted; run the same command again to resume the download", code=130) from None
         with sessions() as session:
-            from dreamforge.db.tables import Model
-
-            model = session.get(Model, result.model.id)
+            model = models_repo.get_model(session, result.model.id)
             assert model is not None
             record = _record(model)
             table = _table([model])
@@ -265,11 +264,10 @@ def get(model: ModelArg, output: OutputOpt = OutputFormat.json, verbose: Verbose
 
 def _set_enabled(model: str, enabled: bool, output: OutputFormat) -> None:
     from dreamforge.db.session import transaction
+    from dreamforge.registry import repository as models_repo
 
     with _registry() as (_, sessions), transaction(sessions) as session:
-        row = _find(session, model)
-        row.enabled = enabled
-        session.flush()
+        row = models_repo.set_model_enabled(session, _find(session, model), enabled)
         if output is OutputFormat.table:
             emit_table(_table([row]))
         else:
@@ -302,6 +300,7 @@ def create_tiny(
     """
     from dreamforge.db.session import transaction
     from dreamforge.registry.install import ModelNameTaken, create_tiny_model
+    from dreamforge.registry.tiny import TINY_NOTE
 
     with _registry() as (settings, sessions):
         try:
@@ -313,7 +312,7 @@ def create_tiny(
                     "layout": model.layout,
                     "path": model.path,
                     "sha256": model.sha256,
-                    "note": "random weights: images are noise, for tests and demos only",
+                    "note": TINY_NOTE,
                 }
         except ModelNameTaken as exc:
             raise fail(str(exc)) from None

@@ -30,10 +30,10 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or no
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")]
 
 
-def configure_logging(verbose: bool) -> None:
-    """Debug logs with -v; otherwise warnings only, so stderr stays readable."""
+def configure_logging(verbose: bool, *, level: int = logging.WARNING) -> None:
+    """Debug logs with -v; otherwise `level` and above (warnings by default, so stderr stays readable)."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
+        level=logging.DEBUG if verbose else level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 

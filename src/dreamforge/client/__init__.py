@@ -1,6 +1,6 @@
 """The Dream Forge Python client: every v1 endpoint, typed with the API's own pydantic models.
 
-    from dreamforge.client import ApiError, DreamForgeClient
+    from dreamforge.client import ApiStatusError, DreamForgeClient
 
     with DreamForgeClient("http://localhost:8001/v1") as df:
         job = df.create_job({"prompt": "a lighthouse at dawn", "width": 1024, "height": 1024})
@@ -26,13 +26,13 @@ from dreamforge.api.schemas import (
     ProgressResponse,
     ReadinessResponse,
 )
-from dreamforge.client.errors import ApiError, ApiUnreachable
+from dreamforge.client.errors import ApiStatusError, ApiUnreachable
 from dreamforge.client.events import JobEvent
 from dreamforge.client.sync import DEFAULT_API_BASE, DreamForgeClient, JobCreated
 
 __all__ = [
     "DEFAULT_API_BASE",
-    "ApiError",
+    "ApiStatusError",
     "ApiUnreachable",
     "Artifact",
     "ArtifactListResponse",

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from dreamforge.api.schemas import ErrorResponse
 
 
-class ApiError(Exception):
+class ApiStatusError(Exception):
     """The API (or an artifact URL) answered with an error; `error` is its `ErrorResponse`.
 
     Answers that are not an `ErrorResponse` (a proxy's HTML page, S3's XML) are wrapped in one
@@ -26,7 +26,7 @@ class ApiError(Exception):
         return self.error.code
 
     @classmethod
-    def from_response(cls, response: httpx.Response) -> ApiError:
+    def from_response(cls, response: httpx.Response) -> ApiStatusError:
         """Read the error body of a (read) response."""
         try:
             error = ErrorResponse.model_validate_json(response.content)
@@ -42,7 +42,7 @@ class ApiError(Exception):
         return cls(response.status_code, error)
 
     @classmethod
-    def invalid_body(cls, response: httpx.Response, exc: ValidationError) -> ApiError:
+    def invalid_body(cls, response: httpx.Response, exc: ValidationError) -> ApiStatusError:
         """A success status whose body is not what the contract says: the URL is not a Dream Forge API."""
         return cls(
             response.status_code,

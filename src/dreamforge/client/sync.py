@@ -38,7 +38,7 @@ from dreamforge.api.schemas import (
     ProgressResponse,
     ReadinessResponse,
 )
-from dreamforge.client.errors import ApiError, ApiUnreachable
+from dreamforge.client.errors import ApiStatusError, ApiUnreachable
 from dreamforge.client.events import JobEvent, reconnect_delay
 from dreamforge.events.kinds import EventKind
 
@@ -59,7 +59,9 @@ class JobCreated(JobCreatedResponse):
 
 
 def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, ApiUnreachable) or (isinstance(exc, ApiError) and exc.status in _TRANSIENT_STATUS)
+    return isinstance(exc, ApiUnreachable) or (
+        isinstance(exc, ApiStatusError) and exc.status in _TRANSIENT_STATUS
+    )
 
 
 def _aware(ts: datetime) -> datetime:
@@ -71,7 +73,7 @@ class DreamForgeClient:
     """A synchronous client for the Dream Forge v1 API.
 
     `api_base` defaults to `DF_API_BASE`, else `http://localhost:8001/v1`. Every method returns the
-    API's pydantic models and raises `ApiError` (the answer's `ErrorResponse` and status) or
+    API's pydantic models and raises `ApiStatusError` (the answer's `ErrorResponse` and status) or
     `ApiUnreachable`. Reads, and creates that carry an `Idempotency-Key`, are retried `retries`
     times on connection failures and 502/503/504; other creates are not, as a retry could
     duplicate the job.
@@ -125,7 +127,7 @@ class DreamForgeClient:
             except httpx.TransportError as exc:
                 raise ApiUnreachable.from_transport(self.api_base, exc) from exc
             if response.is_error:
-                raise ApiError.from_response(response)
+                raise ApiStatusError.from_response(response)
             return response
 
         if not retry or self.retries <= 0:
@@ -143,7 +145,7 @@ class DreamForgeClient:
         try:
             return model.model_validate_json(response.content)
         except ValidationError as exc:
-            raise ApiError.invalid_body(response, exc) from None
+            raise ApiStatusError.invalid_body(response, exc) from None
 
     # --- jobs -----------------------------------------------------------------------------------
 
@@ -185,7 +187,7 @@ class DreamForgeClient:
         try:
             return [LogEvent.model_validate_json(line) for line in response.text.splitlines() if line.strip()]
         except ValidationError as exc:
-            raise ApiError.invalid_body(response, exc) from None
+            raise ApiStatusError.invalid_body(response, exc) from None
 
     def get_progress(self, job_id: JobId) -> ProgressResponse:
         """Overall and per-item progress."""
@@ -213,7 +215,7 @@ class DreamForgeClient:
                 ) as source:
                     if source.response.is_error:
                         source.response.read()
-                        raise ApiError.from_response(source.response)
+                        raise ApiStatusError.from_response(source.response)
                     connected = True
                     for sse in source.iter_sse():
                         if not sse.data:
@@ -225,7 +227,7 @@ class DreamForgeClient:
                         try:
                             event = JobEvent(id=int(sse.id), event=sse.event, data=sse.json())
                         except (ValueError, ValidationError) as exc:
-                            raise ApiError(
+                            raise ApiStatusError(
                                 source.response.status_code,
                                 ErrorResponse(
                                     code="invalid_response",
@@ -242,11 +244,11 @@ class DreamForgeClient:
             except httpx.TransportError as exc:
                 reason = ApiUnreachable.from_transport(self.api_base, exc).reason
             except SSEError as exc:
-                raise ApiError(
+                raise ApiStatusError(
                     200,
                     ErrorResponse(code="invalid_response", message=f"not an event stream: {exc}"),
                 ) from None
-            except ApiError as exc:
+            except ApiStatusError as exc:
                 if exc.status not in _TRANSIENT_STATUS:
                     raise
                 reason = exc.error.message
@@ -280,7 +282,7 @@ class DreamForgeClient:
         status = self.get_job(job_id)
         if status.status not in (JobStatus.succeeded, JobStatus.failed):
             # `done` was seen, so the job is terminal; a replica lagging behind would say otherwise.
-            raise ApiError(
+            raise ApiStatusError(
                 200,
                 ErrorResponse(
                     code="invalid_response",
@@ -298,7 +300,9 @@ class DreamForgeClient:
         and SHA-256 match the artifact record.
         """
         if not artifact.url:
-            raise ApiError(404, ErrorResponse(code="not_found", message=f"artifact {artifact.id} has no URL"))
+            raise ApiStatusError(
+                404, ErrorResponse(code="not_found", message=f"artifact {artifact.id} has no URL")
+            )
         part = path.with_name(path.name + ".part")
         digest = hashlib.sha256()
         size = 0
@@ -306,7 +310,7 @@ class DreamForgeClient:
             with self._http.stream("GET", artifact.url) as response:
                 if response.is_error:
                     response.read()
-                    raise ApiError.from_response(response)
+                    raise ApiStatusError.from_response(response)
                 with part.open("wb") as f:
                     for chunk in response.iter_bytes(1 << 16):
                         f.write(chunk)
@@ -326,7 +330,7 @@ class DreamForgeClient:
             artifact.sha256 is not None and digest.hexdigest() != artifact.sha256
         ):
             part.unlink(missing_ok=True)
-            raise ApiError(
+            raise ApiStatusError(
                 response.status_code,
                 ErrorResponse(
                     code="artifact_mismatch",
@@ -353,5 +357,5 @@ class DreamForgeClient:
         return self._parse(HealthResponse, self._send("GET", f"{self.root}/healthz"))
 
     def ready(self) -> ReadinessResponse:
-        """Readiness; raises `ApiError` 503 `not_ready` naming the dependencies that failed."""
+        """Readiness; raises `ApiStatusError` 503 `not_ready` naming the dependencies that failed."""
         return self._parse(ReadinessResponse, self._send("GET", f"{self.root}/readyz", retry=False))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,11 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+# session.info key of the job ids whose news waits for the transaction to commit.
+_ANNOUNCE = "dreamforge.announce"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -45,3 +52,29 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on error."""
     with factory() as session, session.begin():
         yield session
+
+
+def announce(session: Session, job_id: uuid.UUID) -> None:
+    """Have `job_id` announced once this session's transaction commits; a rollback drops it."""
+    session.info.setdefault(_ANNOUNCE, set()).add(job_id)
+
+
+def announce_commits(factory: sessionmaker[Session], publish: Callable[[uuid.UUID], None]) -> None:
+    """Call `publish(job_id)` for every job announced in a transaction of `factory`, after it commits.
+
+    Readers wake only for rows they can already see, and news of work rolled back is never sent.
+    """
+
+    def after_commit(session: Session) -> None:
+        for job_id in session.info.pop(_ANNOUNCE, ()):
+            try:
+                publish(job_id)
+            except Exception as exc:
+                # The rows are committed; streams find them on their next poll.
+                log.warning("job %s: news not announced (%s)", job_id, exc)
+
+    def after_rollback(session: Session) -> None:
+        session.info.pop(_ANNOUNCE, None)
+
+    event.listen(factory, "after_commit", after_commit)
+    event.listen(factory, "after_rollback", after_rollback)

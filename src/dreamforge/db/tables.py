@@ -78,6 +78,8 @@ class Model(Base):
     installed: Mapped[bool] = mapped_column(Boolean, default=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     is_tiny: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Kinds that describe their own parameters (remote APIs) store them; an SDXL checkpoint's are the
+    # request contract's own, derived where models are shown (api.views).
     parameters_schema: Mapped[dict[str, Any]] = mapped_column(default=dict)
     capabilities: Mapped[list[Any]] = mapped_column(default=list)
     # Every file of the install, `{"path": relative to the model folder, "size", "sha256"}`.

@@ -5,10 +5,23 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
+
+from dreamforge.errors import DreamForgeError
 
 if TYPE_CHECKING:
     from PIL import Image
+
+# The provider a job gets when it names none: SDXL on diffusers, on this machine's GPU.
+DEFAULT_PROVIDER = "local-sdxl-epicrealism"
+
+
+class Scheduler(StrEnum):
+    """Samplers a job can ask for."""
+
+    dpmpp_2m_karras = "dpmpp_2m_karras"
+    unipc = "unipc"
 
 
 @dataclass(frozen=True)
@@ -37,17 +50,20 @@ class RenderRequest:
     seed: int
 
 
+# Makes an engine; called once per process, when the first job of its provider runs.
+EngineFactory = Callable[[], "Engine"]
+
 # Called after each denoising step with (steps done, total steps).
 StepCallback = Callable[[int, int], None]
 
 
-class EngineError(Exception):
+class EngineError(DreamForgeError):
     """A render failed for a reason a user can act on; `code` is stable."""
 
+    code = "engine_error"
+
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, code=code)
 
 
 class Engine(Protocol):

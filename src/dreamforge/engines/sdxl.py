@@ -33,7 +33,7 @@ from PIL import Image
 from transformers.utils import logging as transformers_logging
 
 from dreamforge import __version__
-from dreamforge.engines.base import EngineError, ModelSpec, RenderRequest, StepCallback
+from dreamforge.engines.base import EngineError, ModelSpec, RenderRequest, Scheduler, StepCallback
 
 log = logging.getLogger(__name__)
 # Worker logs are structured job events; tqdm bars would only garble them.
@@ -47,11 +47,11 @@ _VAE_TILING_PIXELS = 2048 * 2048
 
 def make_scheduler(name: str, base_config: Any) -> Any:
     """The sampler `name` configured from the checkpoint's own scheduler config."""
-    if name == "dpmpp_2m_karras":
+    if name == Scheduler.dpmpp_2m_karras:
         return DPMSolverMultistepScheduler.from_config(
             base_config, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True
         )
-    if name == "unipc":
+    if name == Scheduler.unipc:
         return UniPCMultistepScheduler.from_config(base_config)
     raise EngineError("unknown_scheduler", f"scheduler {name!r} is not supported")
 

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dreamforge.db.session import announce
 from dreamforge.db.tables import JobEvent
 from dreamforge.events.kinds import EventKind
 
@@ -21,9 +22,10 @@ def add_event(
     data: dict[str, Any],
     item_index: int | None = None,
 ) -> JobEvent:
-    """Stage one event in the session's transaction."""
+    """Stage one event in the session's transaction; the job's streams wake once it commits."""
     event = JobEvent(job_id=job_id, kind=kind.value, data=data, item_index=item_index)
     session.add(event)
+    announce(session, job_id)
     return event
 
 

@@ -1,6 +1,7 @@
 """Status changes of a job and the events that go with them; used by every runner.
 
-Functions stage changes in the caller's session; the caller commits, then publishes.
+Functions stage changes in the caller's session; the caller commits, and the events staged here are
+announced to streams once it has (`db.session.announce_commits`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from dreamforge.api.schemas import JobStatus
 from dreamforge.db.tables import Job, utcnow
 from dreamforge.events.kinds import EventKind
 from dreamforge.events.repository import add_event
 from dreamforge.jobs import repository as jobs_repo
-from dreamforge.jobs.state import check_transition
+from dreamforge.jobs.state import JobStatus, check_transition
 
 log = logging.getLogger(__name__)
 

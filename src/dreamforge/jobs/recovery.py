@@ -15,7 +15,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dreamforge.db.session import transaction
-from dreamforge.events.notifier import Notifier
 from dreamforge.jobs import repository as jobs_repo
 from dreamforge.jobs.dispatch import BrokerUnavailable, Dispatcher
 from dreamforge.jobs.lifecycle import settle_abandoned
@@ -30,14 +29,12 @@ class Reconciler:
         self,
         sessions: sessionmaker[Session],
         dispatcher: Dispatcher,
-        notifier: Notifier,
         *,
         max_attempts: int,
         interval_seconds: float,
     ) -> None:
         self.sessions = sessions
         self.dispatcher = dispatcher
-        self.notifier = notifier
         self.max_attempts = max_attempts
         self.interval = interval_seconds
         # The API sends a job right after accepting it; wait a little longer before resending.
@@ -66,8 +63,6 @@ class Reconciler:
         """One pass of both sweeps; returns how many jobs were sent to the broker."""
         with transaction(self.sessions) as s:
             requeued, failed = settle_abandoned(s, self.max_attempts)
-        for job_id in [*requeued, *failed]:
-            self.notifier.publish(job_id)
         if requeued or failed:
             log.warning("reconciler: %d abandoned job(s) re-queued, %d failed", len(requeued), len(failed))
         with self.sessions() as s:

@@ -9,8 +9,8 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from dreamforge.api.schemas import JobStatus
 from dreamforge.db.tables import Artifact, Job, JobItem, utcnow
+from dreamforge.jobs.state import JobStatus
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> Job | None:
@@ -131,8 +131,3 @@ def get_artifact_for_item(session: Session, job_id: uuid.UUID, item_index: int) 
     """The artifact of one item, if stored."""
     stmt = select(Artifact).where(Artifact.job_id == job_id, Artifact.item_index == item_index)
     return session.scalars(stmt).first()
-
-
-def get_artifact_by_key(session: Session, s3_key: str) -> Artifact | None:
-    """The artifact stored under `s3_key`."""
-    return session.scalars(select(Artifact).where(Artifact.s3_key == s3_key)).first()

@@ -1,7 +1,8 @@
-"""Accepting jobs: validation against the registry, idempotency and the first events.
+"""Accepting jobs: validation against the registry, idempotency, the first events, and dispatch.
 
-Functions here stage changes in the caller's session and never commit: the caller commits,
-then dispatches, so a worker never sees a job that is not in the database yet.
+`create_job` stages changes in the caller's session and never commits. `submit_job` is the one
+path the API takes: create, commit, then dispatch, so a worker never sees a job that is not in
+the database yet, and a job the broker refused is withdrawn before anyone is told it exists.
 """
 
 from __future__ import annotations
@@ -9,37 +10,72 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Collection
+from typing import Any, Protocol
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from dreamforge.api.schemas import DEFAULT_PROVIDER, JobCreateRequest, JobStatus
 from dreamforge.db.tables import Job, JobItem, Model
+from dreamforge.errors import DreamForgeError
 from dreamforge.events.kinds import EventKind
 from dreamforge.events.repository import add_event
 from dreamforge.jobs import repository as jobs_repo
+from dreamforge.jobs.dispatch import BrokerUnavailable, Dispatcher
+from dreamforge.jobs.state import JobStatus
 from dreamforge.registry.selection import resolve_model
 
-PROVIDERS = frozenset({DEFAULT_PROVIDER})
+
+class JobRequest(Protocol):
+    """What accepting a job reads from a validated request (the API's `JobCreateRequest`)."""
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def model_id(self) -> uuid.UUID | None: ...
+
+    @property
+    def count(self) -> int: ...
+
+    def model_dump(self, *, mode: str = ...) -> dict[str, Any]:
+        """Every parameter with defaults filled in; `mode="json"` for what the job row stores."""
+        ...
 
 
-class IdempotencyConflict(Exception):
+class IdempotencyConflict(DreamForgeError):
     """The `Idempotency-Key` was already used with a different request body."""
 
+    code = "idempotency_key_reused"
+    status = 409
+
     def __init__(self, key: str, job_id: uuid.UUID) -> None:
-        super().__init__(f"Idempotency-Key {key!r} was already used with a different request body")
+        super().__init__(
+            f"Idempotency-Key {key!r} was already used with a different request body",
+            details={"idempotency_key": key, "job_id": str(job_id)},
+        )
         self.key = key
         self.job_id = job_id
 
 
-class UnknownProvider(Exception):
+class UnknownProvider(DreamForgeError):
     """The job names a provider this service does not offer."""
 
-    def __init__(self, provider: str) -> None:
-        super().__init__(f"unknown provider {provider!r}; available: {', '.join(sorted(PROVIDERS))}")
+    code = "unknown_provider"
+    status = 422
+
+    def __init__(self, provider: str, available: Collection[str]) -> None:
+        super().__init__(
+            f"unknown provider {provider!r}; available: {', '.join(sorted(available))}",
+            details={"field": "provider", "provider": provider},
+        )
         self.provider = provider
 
 
-def request_fingerprint(request: JobCreateRequest) -> str:
+def request_fingerprint(request: JobRequest) -> str:
     """A hash of the request with defaults filled in, so omitted defaults match explicit ones."""
     canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -54,7 +90,12 @@ def find_replay(session: Session, key: str, fingerprint: str) -> Job | None:
 
 
 def create_job(
-    session: Session, request: JobCreateRequest, idempotency_key: str | None, *, default_model: str = ""
+    session: Session,
+    request: JobRequest,
+    idempotency_key: str | None,
+    *,
+    providers: Collection[str],
+    default_model: str = "",
 ) -> tuple[Job, bool]:
     """Stage a new job (or find its idempotent twin); returns the job and whether it is new."""
     fingerprint = request_fingerprint(request)
@@ -62,8 +103,8 @@ def create_job(
         existing = find_replay(session, idempotency_key, fingerprint)
         if existing is not None:
             return existing, False
-    if request.provider not in PROVIDERS:
-        raise UnknownProvider(request.provider)
+    if request.provider not in providers:
+        raise UnknownProvider(request.provider, providers)
     model: Model = resolve_model(session, request.model_id, default_model)
     job = Job(
         id=uuid.uuid4(),
@@ -87,3 +128,47 @@ def create_job(
         {"level": "info", "message": f"job accepted: {request.count} item(s) with model {model.name!r}"},
     )
     return job, True
+
+
+def submit_job(
+    session: Session,
+    dispatcher: Dispatcher,
+    request: JobRequest,
+    idempotency_key: str | None,
+    *,
+    providers: Collection[str],
+    default_model: str = "",
+) -> tuple[Job, bool]:
+    """Create and commit a job, then dispatch it; returns the job and whether it is new.
+
+    A replay (same key, same body) returns the existing job, also when a concurrent request with
+    the key committed first. When the broker refuses the message the job is withdrawn and
+    `BrokerUnavailable` raised: nothing was accepted, so the client may simply retry.
+    """
+    try:
+        job, created = create_job(
+            session, request, idempotency_key, providers=providers, default_model=default_model
+        )
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same key committed first: answer with its job.
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        replay = find_replay(session, idempotency_key, request_fingerprint(request))
+        if replay is None:
+            raise
+        return replay, False
+    if created:
+        try:
+            dispatcher.dispatch(job.id)
+        except BrokerUnavailable as exc:
+            # No message carries the job, so no worker can have it: deleting it is safe. Were the
+            # delete to fail too, the reconciler would send the job once the broker is back.
+            jobs_repo.delete_job(session, job.id)
+            session.commit()
+            raise BrokerUnavailable(
+                "the job queue is unreachable; the job was not accepted, retry shortly",
+                details={"component": "broker", "reason": exc.message},
+            ) from None
+    return job, created

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from dreamforge.api.schemas import JobStatus
+from enum import StrEnum
 
-TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.succeeded, JobStatus.failed})
+from dreamforge.errors import DreamForgeError
+
+
+class JobStatus(StrEnum):
+    """Lifecycle states of a job."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
 
 # running -> queued is the crash path: a job whose worker died goes back to the queue.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
@@ -15,11 +25,14 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
-class IllegalTransition(Exception):
+class IllegalTransition(DreamForgeError):
     """A status change the state machine forbids."""
 
+    code = "illegal_transition"
+    status = 409
+
     def __init__(self, current: str, target: str) -> None:
-        super().__init__(f"job cannot go from {current} to {target}")
+        super().__init__(f"job cannot go from {current} to {target}", details={"from": current, "to": target})
         self.current = current
         self.target = target
 
@@ -28,11 +41,6 @@ def check_transition(current: str, target: JobStatus) -> None:
     """Raise `IllegalTransition` unless `current -> target` is allowed."""
     if target not in TRANSITIONS[JobStatus(current)]:
         raise IllegalTransition(current, target)
-
-
-def is_terminal(status: str) -> bool:
-    """True for `succeeded` and `failed`."""
-    return JobStatus(status) in TERMINAL
 
 
 # Stages of one item's work and their share of its progress (reported by /progress).

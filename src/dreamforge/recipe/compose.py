@@ -5,20 +5,17 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from dreamforge.engines.base import Scheduler
 from dreamforge.recipe.infotext import ParamValue, build_infotext
+from dreamforge.registry.hashing import autov2
 
 RECIPE_SCHEMA = "dreamforge.recipe/v1"
 
 # A1111's names for our samplers: (Sampler, Schedule type).
 SAMPLER_NAMES: dict[str, tuple[str, str | None]] = {
-    "dpmpp_2m_karras": ("DPM++ 2M", "Karras"),
-    "unipc": ("UniPC", None),
+    Scheduler.dpmpp_2m_karras: ("DPM++ 2M", "Karras"),
+    Scheduler.unipc: ("UniPC", None),
 }
-
-
-def autov2(sha256: str) -> str:
-    """Civitai's AutoV2 / A1111's model hash: the first 10 hex digits of the file's SHA-256."""
-    return sha256[:10]
 
 
 def compose(

@@ -8,6 +8,8 @@ import struct
 from email.message import Message
 from pathlib import Path, PurePosixPath
 
+from dreamforge.errors import DreamForgeError
+
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
 # The safetensors header is JSON of a few hundred KB at most; anything larger is not a checkpoint.
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
@@ -15,8 +17,11 @@ _UNSAFE_CHARS = re.compile(r"[^\w.\-+() ]")
 _MAX_NAME = 200
 
 
-class UnsafeFile(Exception):
+class UnsafeFile(DreamForgeError):
     """A file the registry refuses to install; the message says why."""
+
+    code = "unsafe_file"
+    status = 422
 
 
 def pickle_refusal(name: str) -> str:

@@ -18,6 +18,11 @@ class FileRecord(TypedDict):
     sha256: str
 
 
+def autov2(sha256: str) -> str:
+    """Civitai's AutoV2 / A1111's model hash: the first 10 hex digits of the file's SHA-256."""
+    return sha256[:10]
+
+
 def sha256_file(path: Path) -> str:
     """The SHA-256 of a file, read in chunks (checkpoints are several GB)."""
     digest = hashlib.sha256()

@@ -10,32 +10,18 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from dreamforge.db.tables import Model
+from dreamforge.errors import DreamForgeError
 from dreamforge.registry import repository as models_repo
 from dreamforge.registry.hashing import FileRecord, file_records, manifest_digest
 
 CAPABILITIES = ["text-to-image"]
 
 
-def sdxl_parameters_schema() -> dict[str, Any]:
-    """The job parameters an SDXL checkpoint accepts (a JSON Schema fragment)."""
-    return {
-        "type": "object",
-        "properties": {
-            "width": {"type": "integer", "minimum": 64, "maximum": 4096, "multipleOf": 8, "default": 1024},
-            "height": {"type": "integer", "minimum": 64, "maximum": 4096, "multipleOf": 8, "default": 1024},
-            "steps": {"type": "integer", "minimum": 1, "maximum": 200, "default": 30},
-            "guidance": {"type": "number", "minimum": 0, "maximum": 50, "default": 7.0},
-            "scheduler": {
-                "type": "string",
-                "enum": ["dpmpp_2m_karras", "unipc"],
-                "default": "dpmpp_2m_karras",
-            },
-        },
-    }
-
-
-class ModelNameTaken(Exception):
+class ModelNameTaken(DreamForgeError):
     """A model with this name is already registered."""
+
+    code = "model_name_taken"
+    status = 409
 
 
 def register_model(
@@ -82,7 +68,6 @@ def register_model(
         installed=True,
         enabled=enabled,
         is_tiny=is_tiny,
-        parameters_schema=sdxl_parameters_schema(),
         capabilities=list(CAPABILITIES),
         files=list(records),
         extra=extra or {},
@@ -92,13 +77,33 @@ def register_model(
     return model
 
 
+def register_tiny_model(
+    session: Session,
+    name: str,
+    path: Path,
+    *,
+    layout: str = "diffusers",
+    config_path: Path | None = None,
+) -> Model:
+    """Stage the registry row of a tiny random-weight model already on disk (see `create_tiny_model`)."""
+    return register_model(
+        session,
+        name=name,
+        layout=layout,
+        path=path,
+        config_path=config_path,
+        source="tiny:random",
+        is_tiny=True,
+    )
+
+
 def create_tiny_model(session: Session, models_dir: Path, name: str, *, single_file: bool = False) -> Model:
     """Build the tiny random-weight SDXL pipeline into `models_dir/name` and register it.
 
     Its images are noise; it exists so tests and demos run the real loading and rendering path.
     """
-    from dreamforge.engines.original_layout import copy_config_tree, write_single_file
-    from dreamforge.engines.tiny import build_tiny_pipeline
+    from dreamforge.registry.original_layout import copy_config_tree, write_single_file
+    from dreamforge.registry.tiny import build_tiny_pipeline
 
     if models_repo.get_model_by_name(session, name) is not None:
         raise ModelNameTaken(f"a model named {name!r} is already registered")
@@ -107,20 +112,10 @@ def create_tiny_model(session: Session, models_dir: Path, name: str, *, single_f
         shutil.rmtree(target)
     if not single_file:
         build_tiny_pipeline(target)
-        return register_model(
-            session, name=name, layout="diffusers", path=target, source="tiny:random", is_tiny=True
-        )
+        return register_tiny_model(session, name, target)
     target.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_tiny_pipeline(Path(tmp) / "pipeline")
         checkpoint = write_single_file(folder, target / f"{name}.safetensors")
         config = copy_config_tree(folder, target / "config")
-    return register_model(
-        session,
-        name=name,
-        layout="single_file",
-        path=checkpoint,
-        config_path=config,
-        source="tiny:random",
-        is_tiny=True,
-    )
+    return register_tiny_model(session, name, checkpoint, layout="single_file", config_path=config)

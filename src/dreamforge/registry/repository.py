@@ -33,6 +33,13 @@ def list_models(
     return session.scalars(stmt.order_by(Model.created_at.desc())).all()
 
 
+def set_model_enabled(session: Session, model: Model, enabled: bool) -> Model:
+    """Let jobs use the model, or stop new ones from using it (flushed, not committed)."""
+    model.enabled = enabled
+    session.flush()
+    return model
+
+
 def get_model_by_source(session: Session, source: str, revision: str) -> Model | None:
     """The model installed from this reference at this revision."""
     stmt = select(Model).where(Model.source == source, Model.revision == revision)

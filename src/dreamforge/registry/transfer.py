@@ -34,6 +34,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from dreamforge.errors import DreamForgeError
 from dreamforge.registry.formats import (
     UnsafeFile,
     check_safetensors_header,
@@ -50,14 +51,15 @@ _MAX_RETRY_AFTER = 120.0
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
-class DownloadError(Exception):
+class DownloadError(DreamForgeError):
     """A download failed in a way the user must act on; `code` is stable for scripts."""
 
     code = "download_failed"
+    # The failure is the source's (or the way to it), not the request's.
+    status = 502
 
     def __init__(self, message: str, *, url: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, details={"url": url} if url else None)
         self.url = url
 
 

@@ -5,9 +5,20 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
 
-CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg"}
+from dreamforge.errors import DreamForgeError
+
+
+class ImageFormat(StrEnum):
+    """Encodings for artifacts."""
+
+    png = "png"
+    jpg = "jpg"
+
+
+CONTENT_TYPES = {ImageFormat.png.value: "image/png", ImageFormat.jpg.value: "image/jpeg"}
 
 
 def artifact_key(job_id: uuid.UUID, item_index: int, fmt: str) -> str:
@@ -15,10 +26,11 @@ def artifact_key(job_id: uuid.UUID, item_index: int, fmt: str) -> str:
     return f"jobs/{job_id}/{item_index}.{fmt}"
 
 
-class StorageUnavailable(Exception):
+class StorageUnavailable(DreamForgeError):
     """The store could not be reached, even after retries; nothing was stored."""
 
     code = "storage_unavailable"
+    status = 503
 
 
 @dataclass(frozen=True)
@@ -35,10 +47,6 @@ class ArtifactStore(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None:
         """Store `data` under `key` atomically: readers see all of it or nothing."""
 
-    def exists(self, key: str) -> bool:
-        """True if an object is stored under `key`."""
-        ...
-
     def get(self, key: str) -> bytes:
         """The bytes under `key` (raises `KeyError` if missing)."""
         ...
@@ -49,3 +57,15 @@ class ArtifactStore(Protocol):
 
     def ping(self) -> None:
         """Raise `StorageUnavailable` if the store cannot be reached (readiness probes)."""
+
+
+@runtime_checkable
+class FileServingStore(ArtifactStore, Protocol):
+    """A store whose signed URLs point at the API itself, which serves the bytes (`/v1/files`)."""
+
+    def open_signed(self, key: str, expires: int, signature: str) -> bytes:
+        """The bytes under `key` if the URL's signature holds and has not expired.
+
+        Raises `SignatureError` for a bad or expired URL and `KeyError` when nothing is stored.
+        """
+        ...

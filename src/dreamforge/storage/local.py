@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from dreamforge.storage.base import SignedUrl, StorageUnavailable
-from dreamforge.storage.signing import sign
+from dreamforge.storage.signing import sign, verify
 
 
 class LocalArtifactStore:
@@ -43,19 +43,17 @@ class LocalArtifactStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def exists(self, key: str) -> bool:
-        """True if the file exists."""
-        try:
-            return self.path_for(key).is_file()
-        except KeyError:
-            return False
-
     def get(self, key: str) -> bytes:
         """The file's bytes."""
         path = self.path_for(key)
         if not path.is_file():
             raise KeyError(key)
         return path.read_bytes()
+
+    def open_signed(self, key: str, expires: int, signature: str) -> bytes:
+        """The file's bytes, if the URL was signed with this store's secret and is still valid."""
+        verify(key, expires, signature, self._secret)
+        return self.get(key)
 
     def ping(self) -> None:
         """Raise `StorageUnavailable` unless the root directory is writable."""

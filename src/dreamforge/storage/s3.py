@@ -52,14 +52,13 @@ class S3Unavailable(StorageUnavailable):
     """The object store could not be reached or refused the request; the item fails with this code."""
 
     def __init__(self, endpoint: str, bucket: str, detail: str) -> None:
-        # The raw fields are the exception's args so it pickles (Celery ships exceptions between processes).
-        super().__init__(endpoint, bucket, detail)
+        super().__init__(
+            f"object storage unavailable (endpoint {endpoint}, bucket {bucket!r}): {detail}",
+            details={"component": "storage", "endpoint": endpoint, "bucket": bucket},
+        )
         self.endpoint = endpoint
         self.bucket = bucket
         self.detail = detail
-
-    def __str__(self) -> str:
-        return f"object storage unavailable (endpoint {self.endpoint}, bucket {self.bucket!r}): {self.detail}"
 
 
 def _with_scheme(endpoint: str) -> str:
@@ -202,21 +201,6 @@ class S3ArtifactStore:
             )
 
         self._call(f"put {key}", upload, retry=True)
-
-    def exists(self, key: str) -> bool:
-        """True if an object is stored under `key`."""
-
-        def head() -> bool:
-            try:
-                self.client.head_object(Bucket=self.bucket, Key=key)
-            except ClientError as exc:
-                # A HEAD answer has no body, so a missing bucket reads as 404 too; `ping` tells them apart.
-                if _error_code(exc) in _MISSING_CODES:
-                    return False
-                raise
-            return True
-
-        return self._call(f"head {key}", head, retry=False)
 
     def get(self, key: str) -> bytes:
         """The bytes under `key` (raises `KeyError` if missing)."""

@@ -10,13 +10,17 @@ import hashlib
 import hmac
 import time
 
+from dreamforge.errors import DreamForgeError
 
-class SignatureError(Exception):
+
+class SignatureError(DreamForgeError):
     """An artifact URL whose signature is wrong or whose time has passed."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+    code = "invalid_signature"
+    status = 403
+
+    def __init__(self, code: str, message: str, key: str) -> None:
+        super().__init__(message, code=code, details={"key": key})
 
 
 def sign(key: str, expires: int, secret: bytes) -> str:
@@ -27,6 +31,10 @@ def sign(key: str, expires: int, secret: bytes) -> str:
 def verify(key: str, expires: int, signature: str, secret: bytes, now: float | None = None) -> None:
     """Raise `SignatureError` unless `signature` is valid for `key` and `expires` is in the future."""
     if not hmac.compare_digest(sign(key, expires, secret), signature):
-        raise SignatureError("invalid_signature", "the URL's signature does not match; request a fresh URL")
+        raise SignatureError(
+            "invalid_signature", "the URL's signature does not match; request a fresh URL", key
+        )
     if (time.time() if now is None else now) >= expires:
-        raise SignatureError("url_expired", "the URL has expired; list the job's artifacts for a fresh one")
+        raise SignatureError(
+            "url_expired", "the URL has expired; list the job's artifacts for a fresh one", key
+        )

@@ -1,17 +1,17 @@
-"""What a worker needs to run jobs: database, artifact store, notifier and a lazily made engine."""
+"""What a worker needs to run jobs: database, artifact store and lazily made engines."""
 
 from __future__ import annotations
 
 import os
 import socket
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from dreamforge.config import Settings
-from dreamforge.engines.base import Engine
-from dreamforge.events.notifier import Notifier
+from dreamforge.engines.base import Engine, EngineError, EngineFactory
 from dreamforge.storage.base import ArtifactStore
 
 
@@ -27,20 +27,21 @@ class WorkerContext:
     settings: Settings
     sessions: sessionmaker[Session]
     store: ArtifactStore
-    notifier: Notifier
+    # Provider name -> engine factory (runtime.engine_providers); engines are made on first use.
+    engines: Mapping[str, EngineFactory]
     worker_id: str = field(default_factory=default_worker_id)
     # Set on graceful shutdown: the running job stops at its next step and goes back to the queue.
     stopping: threading.Event = field(default_factory=threading.Event)
-    _engine: Engine | None = None
+    _made: dict[str, Engine] = field(default_factory=dict)
     _engine_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    @property
-    def engine(self) -> Engine:
-        """The SDXL engine, created (and torch imported) on first use."""
+    def engine_for(self, provider: str) -> Engine:
+        """The engine of `provider`, made (and, for SDXL, torch imported) on first use."""
         with self._engine_lock:
-            if self._engine is None:
-                from dreamforge.engines.sdxl import SDXLEngine
-
-                s = self.settings
-                self._engine = SDXLEngine(device=s.device, dtype=s.dtype, cpu_offload=s.cpu_offload)
-            return self._engine
+            engine = self._made.get(provider)
+            if engine is None:
+                factory = self.engines.get(provider)
+                if factory is None:
+                    raise EngineError("unknown_provider", f"this worker does not offer provider {provider!r}")
+                engine = self._made[provider] = factory()
+            return engine

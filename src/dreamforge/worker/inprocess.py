@@ -7,10 +7,10 @@ import queue
 import threading
 import uuid
 
-from dreamforge.api.schemas import JobStatus
 from dreamforge.db.session import transaction
 from dreamforge.jobs import repository as jobs_repo
 from dreamforge.jobs.lifecycle import settle_interrupted
+from dreamforge.jobs.state import JobStatus
 from dreamforge.worker.context import WorkerContext
 from dreamforge.worker.runner import run_job
 
@@ -30,8 +30,6 @@ class InProcessRunner:
         with transaction(self.ctx.sessions) as s:
             requeued, failed = settle_interrupted(s, self.ctx.settings.max_attempts)
             pending = [job.id for job in jobs_repo.jobs_in_status(s, JobStatus.queued)]
-        for job_id in [*requeued, *failed]:
-            self.ctx.notifier.publish(job_id)
         if requeued or failed:
             log.warning(
                 "recovered %d interrupted job(s): %d re-queued, %d failed",

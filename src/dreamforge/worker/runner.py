@@ -13,25 +13,23 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from dreamforge.api.schemas import JobStatus
 from dreamforge.db.session import transaction
 from dreamforge.db.tables import Artifact, Job, utcnow
-from dreamforge.engines.base import EngineError, ModelSpec, RenderRequest
+from dreamforge.engines.base import Engine, EngineError, ModelSpec, RenderRequest
+from dreamforge.errors import DreamForgeError
 from dreamforge.events.kinds import EventKind
 from dreamforge.events.repository import add_event
 from dreamforge.jobs import repository as jobs_repo
 from dreamforge.jobs.lifecycle import finish_job, log_event, requeue_job, settle_abandoned
-from dreamforge.jobs.state import DENOISE_WEIGHT
+from dreamforge.jobs.state import DENOISE_WEIGHT, JobStatus
 from dreamforge.recipe.compose import compose
 from dreamforge.recipe.embed import encode_image
 from dreamforge.registry import repository as models_repo
-from dreamforge.storage.base import CONTENT_TYPES, StorageUnavailable, artifact_key
+from dreamforge.storage.base import CONTENT_TYPES, artifact_key
 from dreamforge.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -100,13 +98,6 @@ class _JobRun:
         self.model_info: dict[str, Any] = {}
         self.runtime: dict[str, str] = {}
 
-    @contextmanager
-    def unit(self) -> Iterator[Session]:
-        """A transaction whose events are announced once it has committed."""
-        with transaction(self.ctx.sessions) as session:
-            yield session
-        self.ctx.notifier.publish(self.job_id)
-
     def check(self) -> None:
         """Stop between steps if the worker is stopping, the job was taken away or ran too long."""
         if self.lease.lost.is_set():
@@ -132,6 +123,7 @@ class _JobRun:
             assert job is not None
             self.params = dict(job.params)
             self.count = job.count
+            provider = job.provider
             model = models_repo.get_model(s, job.model_id) if job.model_id else None
             if model is None or not model.installed:
                 raise EngineError("model_unavailable", "the job's model is no longer installed")
@@ -155,10 +147,10 @@ class _JobRun:
             items = [(i.item_index, i.seed) for i in jobs_repo.get_items(s, self.job_id)]
             done = {a.item_index for a in jobs_repo.list_artifacts(s, self.job_id)}
 
-        engine = self.ctx.engine
+        engine = self.ctx.engine_for(provider)
         seconds = engine.load(spec)
         if seconds:
-            with self.unit() as s:
+            with transaction(self.ctx.sessions) as s:
                 log_event(s, self.job_id, "info", f"model {spec.name!r} loaded in {seconds:.2f}s")
         self.runtime = engine.runtime_info()
 
@@ -167,7 +159,7 @@ class _JobRun:
                 continue
             self.check()
             seed = self._seed_for(item_index, recorded_seed, self.params.get("seed"))
-            with self.unit() as s:
+            with transaction(self.ctx.sessions) as s:
                 item = jobs_repo.get_item(s, self.job_id, item_index)
                 assert item is not None
                 item.seed = seed
@@ -175,7 +167,7 @@ class _JobRun:
                 log_event(
                     s, self.job_id, "info", f"item {item_index}: rendering with seed {seed}", item_index
                 )
-            self._render_item(spec, item_index, seed, done_before=len(done))
+            self._render_item(engine, spec, item_index, seed, done_before=len(done))
             done.add(item_index)
 
     @staticmethod
@@ -203,7 +195,9 @@ class _JobRun:
             item_index,
         )
 
-    def _render_item(self, spec: ModelSpec, item_index: int, seed: int, *, done_before: int) -> None:
+    def _render_item(
+        self, engine: Engine, spec: ModelSpec, item_index: int, seed: int, *, done_before: int
+    ) -> None:
         params = self.params
         last_emit = 0.0
 
@@ -215,7 +209,7 @@ class _JobRun:
                 return
             last_emit = now
             item_progress = DENOISE_WEIGHT * step / max(total, 1)
-            with self.unit() as s:
+            with transaction(self.ctx.sessions) as s:
                 item = jobs_repo.get_item(s, self.job_id, item_index)
                 if item is not None:
                     item.progress = item_progress
@@ -232,7 +226,7 @@ class _JobRun:
             scheduler=params["scheduler"],
             seed=seed,
         )
-        image = self.ctx.engine.render(spec, request, on_step)
+        image = engine.render(spec, request, on_step)
         fmt = params["format"]
         if params.get("embed_metadata", True):
             infotext, recipe = compose(
@@ -251,7 +245,7 @@ class _JobRun:
         content_type = CONTENT_TYPES[fmt]
         # Store first, then record: an artifact row always points at bytes that exist.
         self.ctx.store.put(key, data, content_type)
-        with self.unit() as s:
+        with transaction(self.ctx.sessions) as s:
             job = self.owned_job(s)
             artifact = jobs_repo.get_artifact_for_item(s, self.job_id, item_index)
             if artifact is None:
@@ -292,9 +286,7 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
     settings = ctx.settings
     with transaction(ctx.sessions) as s:
         # A redelivered message may find its job still marked running by a worker that died.
-        requeued, failed = settle_abandoned(s, settings.max_attempts, job_id)
-    if requeued or failed:
-        ctx.notifier.publish(job_id)
+        settle_abandoned(s, settings.max_attempts, job_id)
     with transaction(ctx.sessions) as s:
         if not jobs_repo.claim_job(s, job_id, ctx.worker_id, settings.lease_seconds):
             job = jobs_repo.get_job(s, job_id)
@@ -308,7 +300,6 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
         log_event(
             s, job_id, "info", f"started on {ctx.worker_id} (attempt {attempts} of {settings.max_attempts})"
         )
-    ctx.notifier.publish(job_id)
 
     status = JobStatus.succeeded
     code: str | None = None
@@ -325,12 +316,9 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
                     requeue_job(s, run.owned_job(s), "the worker is shutting down", attempt_used=False)
             except JobLost:
                 return None
-            ctx.notifier.publish(job_id)
             return JobStatus.queued
-        except EngineError as exc:
+        except DreamForgeError as exc:
             status, code, message = JobStatus.failed, exc.code, exc.message
-        except StorageUnavailable as exc:
-            status, code, message = JobStatus.failed, StorageUnavailable.code, str(exc)
         except Exception as exc:
             log.exception("job %s crashed", job_id)
             status, code, message = JobStatus.failed, "engine_error", f"{type(exc).__name__}: {exc}"
@@ -339,5 +327,4 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
                 finish_job(s, run.owned_job(s), status, code, message)
         except JobLost:
             return None
-    ctx.notifier.publish(job_id)
     return status

@@ -1,4 +1,7 @@
-"""`/v1/files/{key}`: artifact bytes from the local store, behind signed, expiring URLs."""
+"""`/v1/files/{key}`: artifact bytes from a store the API serves itself, behind signed, expiring URLs.
+
+Mounted only when the process's store serves files (local disk); S3 URLs point at S3.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from dreamforge.api.deps import RuntimeDep
-from dreamforge.api.errors import ApiError, not_found
+from dreamforge.api.errors import not_found
 from dreamforge.api.schemas import ErrorResponse
-from dreamforge.storage.base import CONTENT_TYPES
-from dreamforge.storage.local import LocalArtifactStore
-from dreamforge.storage.signing import SignatureError, verify
+from dreamforge.storage.base import CONTENT_TYPES, FileServingStore
 
 router = APIRouter(prefix="/files", tags=["artifacts"])
 
@@ -38,14 +39,10 @@ def get_file(
 ) -> Response:
     """Serve an artifact if the URL's signature is valid and it has not expired."""
     store = runtime.store
-    if not isinstance(store, LocalArtifactStore):
+    if not isinstance(store, FileServingStore):
         raise not_found("file", key)
     try:
-        verify(key, expires, sig, runtime.settings.url_signing_key)
-    except SignatureError as exc:
-        raise ApiError(403, exc.code, str(exc), {"key": key}) from None
-    try:
-        data = store.get(key)
+        data = store.open_signed(key, expires, sig)
     except KeyError:
         raise not_found("file", key) from None
     ext = key.rsplit(".", 1)[-1]

@@ -4,42 +4,29 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dreamforge.api.deps import BaseUrlDep, RuntimeDep, SessionDep
-from dreamforge.api.errors import ApiError, not_found
+from dreamforge.api.errors import ERROR_BODY, INVALID, NOT_FOUND, UNAVAILABLE, ApiError, not_found
 from dreamforge.api.schemas import (
     ArtifactListResponse,
-    ErrorResponse,
     JobCreatedResponse,
     JobCreateRequest,
     JobStatusResponse,
-    JobSummaryRef,
-    LogEvent,
     ProgressResponse,
 )
 from dreamforge.api.sse import stream_job_events
-from dreamforge.api.views import artifact_view, job_view, progress_view
+from dreamforge.api.views import artifact_view, created_view, job_view, log_view, progress_view
 from dreamforge.db.tables import Job
 from dreamforge.events.repository import log_events
 from dreamforge.jobs import repository as jobs_repo
-from dreamforge.jobs.dispatch import BrokerUnavailable
-from dreamforge.jobs.service import create_job, find_replay, request_fingerprint
-from dreamforge.runtime import Runtime
+from dreamforge.jobs.service import submit_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-
-_ERR = {"model": ErrorResponse}
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {**_ERR, "description": "Not found"}}
-INVALID: dict[int | str, dict[str, Any]] = {422: {**_ERR, "description": "Validation error"}}
-UNAVAILABLE: dict[int | str, dict[str, Any]] = {
-    503: {**_ERR, "description": "A dependency is down: `database_unavailable` (retry shortly)"}
-}
 
 
 def _load_job(session: Session, job_id: uuid.UUID) -> Job:
@@ -49,32 +36,6 @@ def _load_job(session: Session, job_id: uuid.UUID) -> Job:
     return job
 
 
-def _created(job: Job) -> JobCreatedResponse:
-    return JobCreatedResponse(
-        job=JobSummaryRef(id=job.id, status=job.status, type="generate", created_at=job.created_at)
-    )
-
-
-def _dispatch_or_withdraw(session: Session, runtime: Runtime, job_id: uuid.UUID) -> None:
-    """Hand the committed job to the broker; if it is unreachable, withdraw the job and answer 503.
-
-    A 503 means nothing was accepted, so a client may simply retry (with the same Idempotency-Key).
-    """
-    try:
-        runtime.dispatcher.dispatch(job_id)
-    except BrokerUnavailable as exc:
-        # No message carries the job, so no worker can have it: deleting it is safe. Were the
-        # delete to fail too, the reconciler would send the job once the broker is back.
-        jobs_repo.delete_job(session, job_id)
-        session.commit()
-        raise ApiError(
-            503,
-            "broker_unavailable",
-            "the job queue is unreachable; the job was not accepted, retry shortly",
-            {"component": "broker", "reason": str(exc)},
-        ) from None
-
-
 @router.post(
     "",
     status_code=202,
@@ -82,10 +43,10 @@ def _dispatch_or_withdraw(session: Session, runtime: Runtime, job_id: uuid.UUID)
     operation_id="createJob",
     summary="Create a job (generate)",
     responses={
-        409: {**_ERR, "description": "Idempotency conflict"},
+        409: {**ERROR_BODY, "description": "Idempotency conflict"},
         **INVALID,
         503: {
-            **_ERR,
+            **ERROR_BODY,
             "description": "Not accepted, retry shortly: `broker_unavailable` or `database_unavailable`",
         },
     },
@@ -105,26 +66,18 @@ def create(
     ] = None,
 ) -> JSONResponse:
     """Accept a generate job; it runs asynchronously, follow it with the progress stream."""
-    try:
-        job, created = create_job(
-            session, body, idempotency_key, default_model=runtime.settings.default_model
-        )
-        session.commit()
-    except IntegrityError:
-        # A concurrent request with the same key committed first: answer with its job.
-        session.rollback()
-        if idempotency_key is None:
-            raise
-        replay = find_replay(session, idempotency_key, request_fingerprint(body))
-        if replay is None:
-            raise
-        job, created = replay, False
-    if created:
-        _dispatch_or_withdraw(session, runtime, job.id)
+    job, created = submit_job(
+        session,
+        runtime.dispatcher,
+        body,
+        idempotency_key,
+        providers=runtime.providers,
+        default_model=runtime.settings.default_model,
+    )
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(status_code=202, content=_created(job).model_dump(mode="json"), headers=headers)
+    return JSONResponse(status_code=202, content=created_view(job).model_dump(mode="json"), headers=headers)
 
 
 @router.get(
@@ -185,18 +138,7 @@ def logs(
     if since_ts is not None and since_ts.tzinfo is None:
         since_ts = since_ts.replace(tzinfo=UTC)
     rows = log_events(session, id, tail=tail, since=since_ts)
-    lines = [
-        LogEvent(
-            id=r.id,
-            ts=r.ts,
-            level=r.data.get("level", "info"),
-            message=r.data.get("message", ""),
-            item_index=r.item_index,
-            job_id=r.job_id,
-        ).model_dump_json()
-        for r in rows
-    ]
-    body = "".join(line + "\n" for line in lines)
+    body = "".join(log_view(r).model_dump_json() + "\n" for r in rows)
     return Response(content=body, media_type="application/x-ndjson")
 
 

@@ -8,8 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from dreamforge.api.deps import SessionDep
-from dreamforge.api.errors import not_found
-from dreamforge.api.routes.jobs import INVALID, NOT_FOUND, UNAVAILABLE
+from dreamforge.api.errors import INVALID, NOT_FOUND, UNAVAILABLE, not_found
 from dreamforge.api.schemas import ModelDescriptor, ModelListResponse
 from dreamforge.api.views import model_descriptor, model_summary
 from dreamforge.registry import repository as models_repo

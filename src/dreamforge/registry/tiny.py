@@ -10,8 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+# What the API, the CLI and the folder's marker file say about a tiny model.
+TINY_NOTE = "random weights: images are noise, for tests and demos only"
 MARKER_FILE = "dreamforge-tiny.json"
-MARKER: dict[str, Any] = {"tiny": True, "note": "random weights: images are noise, for tests and demos only"}
+MARKER: dict[str, Any] = {"tiny": True, "note": TINY_NOTE}
 
 # The two encoders must differ in width: diffusers tells the CLIP-L and OpenCLIP-G halves of a single-file
 # checkpoint apart by comparing positional-embedding widths against each model's config.

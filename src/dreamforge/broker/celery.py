@@ -1,0 +1,91 @@
+"""Celery on Redis, below both sides: the task name and configuration, and the API's publisher.
+
+API processes only publish (by task name); `worker.celery_app` registers the task that runs jobs.
+Neither imports the other, so an API process never builds a worker or connects its signals.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from celery import Celery
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dreamforge.config import Settings
+from dreamforge.db.session import transaction
+from dreamforge.jobs import repository as jobs_repo
+from dreamforge.jobs.dispatch import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+# The one task of the queue: run the job whose id is its only argument.
+TASK_NAME = "dreamforge.run_job"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings for at-least-once delivery of long GPU jobs."""
+    return {
+        "broker_url": settings.redis_url,
+        "task_default_queue": settings.queue,
+        # Ack after the job ends, so a worker that dies mid-job leaves its message to redeliver.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One job at a time per GPU process; prefetching would strand jobs behind a long one.
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "broker_transport_options": {
+            # Longer than any job may run: a healthy job is never handed to a second worker.
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            # Scan for messages of dead workers every 10 s instead of kombu's ~100 s default.
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
+            # A vanished broker must fail a publish quickly (the API answers 503), not hang it.
+            "socket_connect_timeout": 3,
+            "socket_timeout": 5,
+        },
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+    }
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured from `settings`, with no tasks: enough to publish by name."""
+    celery = Celery("dreamforge")
+    celery.conf.update(celery_config(settings))
+    return celery
+
+
+class CeleryDispatcher:
+    """A `Dispatcher` that sends jobs to the Celery workers' queue, then marks them dispatched."""
+
+    def __init__(self, celery: Celery, sessions: sessionmaker[Session], queue: str) -> None:
+        self.celery = celery
+        self.sessions = sessions
+        self.queue = queue
+
+    def dispatch(self, job_id: uuid.UUID) -> None:
+        """Publish the job's message; the mark afterwards only spares the reconciler a resend."""
+        from kombu.exceptions import OperationalError
+        from redis.exceptions import RedisError
+
+        try:
+            self.celery.send_task(TASK_NAME, args=[str(job_id)], queue=self.queue)
+        except (OperationalError, RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"the job queue is unreachable: {exc}") from exc
+        try:
+            with transaction(self.sessions) as s:
+                jobs_repo.mark_dispatched(s, job_id)
+        except SQLAlchemyError as exc:
+            # Unmarked, the reconciler sends it again later: a duplicate message is a no-op.
+            log.warning("job %s sent but not marked dispatched: %s", job_id, exc)

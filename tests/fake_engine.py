@@ -1,0 +1,45 @@
+"""A small engine without torch: the runner's tests use it to check the job path alone.
+
+It honours the `Engine` protocol as the SDXL engine does where a job would notice: it refuses a
+model whose files are gone, reports every step, and the same seed gives the same image.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from PIL import Image
+
+from dreamforge import __version__
+from dreamforge.engines.base import EngineError, ModelSpec, RenderRequest, StepCallback
+
+
+class FakeEngine:
+    """Renders seeded noise; counts the loads it did."""
+
+    def __init__(self) -> None:
+        self.loaded: ModelSpec | None = None
+        self.loads = 0
+
+    def load(self, model: ModelSpec) -> float:
+        """Check the model is on disk; 0 when it is already 'loaded'."""
+        if not Path(model.path).exists():
+            raise EngineError("model_files_missing", f"model {model.name!r} is registered but missing")
+        if self.loaded == model:
+            return 0.0
+        self.loaded = model
+        self.loads += 1
+        return 0.01
+
+    def render(self, model: ModelSpec, request: RenderRequest, on_step: StepCallback) -> Image.Image:
+        """An image of seeded random pixels, after reporting each step."""
+        self.load(model)
+        for step in range(1, request.steps + 1):
+            on_step(step, request.steps)
+        pixels = random.Random(request.seed).randbytes(request.width * request.height * 3)
+        return Image.frombytes("RGB", (request.width, request.height), pixels)
+
+    def runtime_info(self) -> dict[str, str]:
+        """What the recipe records about the engine."""
+        return {"dreamforge": __version__, "device": "cpu", "dtype": "none", "rng_device": "cpu"}
