@@ -156,17 +156,23 @@ class Stack:
     def base(self) -> str:
         return self.api.base
 
-    def add_worker(self, *, queue_flag: bool = False) -> WorkerProcess:
+    def add_worker(
+        self, *, queue_flag: bool = False, command: list[str] | None = None, **extra_env: str
+    ) -> WorkerProcess:
         """Start one more `dreamforge worker` on the same services.
 
         `queue_flag`: name the stack's queue with `--queue` while the worker's DF_QUEUE names a queue
         nobody consumes, so anything the worker sends by its settings alone would be stranded.
+        `command` runs the worker through a wrapper; `extra_env` adds settings of its own.
         """
-        env, args = self.env, []
+        env, args = {**self.env, **extra_env}, []
         if queue_flag:
-            env = {**self.env, "DF_QUEUE": f"{self.env['DF_QUEUE']}.unused"}
+            env["DF_QUEUE"] = f"{self.env['DF_QUEUE']}.unused"
             args = ["--queue", self.env["DF_QUEUE"]]
-        worker = WorkerProcess(data_dir=self.api.data_dir, env=env, args=args).start()
+        worker = WorkerProcess(data_dir=self.api.data_dir, env=env, args=args)
+        if command is not None:
+            worker.command = command
+        worker.start()
         self.workers.append(worker)
         return worker
 

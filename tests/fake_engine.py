@@ -7,12 +7,14 @@ model whose files are gone, reports every step, and the same seed gives the same
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
 
 from dreamforge import __version__
 from dreamforge.engines.base import EngineError, ModelSpec, RenderRequest, StepCallback
+from dreamforge.error_codes import ErrorCode
 
 
 class FakeEngine:
@@ -21,24 +23,34 @@ class FakeEngine:
     def __init__(self) -> None:
         self.loaded: ModelSpec | None = None
         self.loads = 0
+        # The batch size of every render call, in order.
+        self.calls: list[int] = []
 
     def load(self, model: ModelSpec) -> float:
         """Check the model is on disk; 0 when it is already 'loaded'."""
         if not Path(model.path).exists():
-            raise EngineError("model_files_missing", f"model {model.name!r} is registered but missing")
+            raise EngineError(
+                ErrorCode.model_files_missing, f"model {model.name!r} is registered but missing"
+            )
         if self.loaded == model:
             return 0.0
         self.loaded = model
         self.loads += 1
         return 0.01
 
-    def render(self, model: ModelSpec, request: RenderRequest, on_step: StepCallback) -> Image.Image:
-        """An image of seeded random pixels, after reporting each step."""
+    def render(
+        self, model: ModelSpec, request: RenderRequest, seeds: Sequence[int], on_step: StepCallback
+    ) -> list[Image.Image]:
+        """One image of seeded random pixels per seed, after reporting each step."""
         self.load(model)
+        self.calls.append(len(seeds))
         for step in range(1, request.steps + 1):
             on_step(step, request.steps)
-        pixels = random.Random(request.seed).randbytes(request.width * request.height * 3)
-        return Image.frombytes("RGB", (request.width, request.height), pixels)
+        size = request.width * request.height * 3
+        return [
+            Image.frombytes("RGB", (request.width, request.height), random.Random(seed).randbytes(size))
+            for seed in seeds
+        ]
 
     def runtime_info(self) -> dict[str, str]:
         """What the recipe records about the engine."""

@@ -54,6 +54,8 @@ class DreamforgeProcess:
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    # What runs `dreamforge`: the installed command, or a wrapper (tests/fault_worker.py).
+    command: list[str] = field(default_factory=lambda: [DREAMFORGE])
 
     def _launch(self, args: list[str], ready: Callable[[], bool], timeout: float) -> None:
         """Start `dreamforge ARGS` and wait until `ready()`; fail with the log if it exits or stalls."""
@@ -61,7 +63,7 @@ class DreamforgeProcess:
         self.log_path = self.data_dir / f"{args[0]}-{time.time_ns()}.log"
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [DREAMFORGE, *args],
+            [*self.command, *args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

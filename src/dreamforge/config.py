@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     # A job still running after this long fails with `time_limit_exceeded`. The broker's visibility
     # timeout is derived from it, so a healthy long job is never redelivered while it runs.
     job_time_limit_seconds: int = Field(default=3600, ge=10)
+    # Caps on what one job may ask for, checked when a job is created (422 `limit_exceeded`).
+    # width*height*count in megapixels (10^6 pixels); 0 = no cap. The default, 100 x 1024x1024,
+    # lets the contract's largest batch through at SDXL's native size.
+    max_megapixels_per_job: float = Field(default=104.8576, ge=0)
+    # The contract's own maximum is 200; an operator may lower it.
+    max_steps: int = Field(default=200, ge=1, le=200)
+    # Jobs in status `queued` across the service; a create beyond it is 429 `queue_full`. 0 = no cap.
+    max_queued_jobs: int = Field(default=1000, ge=0)
     # The model a job without `model_id` renders with (a registry name). Unset: an enabled model
     # named for the default provider (its name contains "epicrealism"), else the newest enabled one.
     default_model: str = ""
@@ -75,6 +83,18 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     # Trade speed for VRAM on small GPUs (diffusers' model CPU offload).
     cpu_offload: bool = False
+    # Most images one pipeline call renders. Batching pays on GPUs and CPUs alike, but a batched item
+    # is only visually (not bit-) identical to its solo render; 1 gives exact solo reproducibility.
+    max_batch: int = Field(default=4, ge=1, le=64)
+    # CUDA only: compile the UNet once per loaded model (slow first render, faster steps after).
+    compile: bool = False
+    # CUDA only: a diffusers AutoencoderKL folder to use instead of the checkpoint's VAE; an fp16-safe
+    # SDXL VAE then decodes in half precision instead of SDXL's fp32 upcast.
+    vae_model: str = ""
+    # CUDA only: above this many megapixels per image the VAE decodes in tiles (less VRAM, slower).
+    vae_tiling_megapixels: float = Field(default=4.2, gt=0)
+    # Restart a Celery worker process after this many jobs (0: never), for long-running GPU boxes.
+    worker_max_jobs: int = Field(default=0, ge=0)
 
     # Seconds between SSE keep-alive comments while a job is idle.
     sse_ping_seconds: float = Field(default=15.0, gt=0)

@@ -122,7 +122,14 @@ def engine_providers(settings: Settings) -> dict[str, EngineFactory]:
     def sdxl() -> RenderEngine:
         from dreamforge.engines.sdxl import SDXLEngine
 
-        return SDXLEngine(device=settings.device, dtype=settings.dtype, cpu_offload=settings.cpu_offload)
+        return SDXLEngine(
+            device=settings.device,
+            dtype=settings.dtype,
+            cpu_offload=settings.cpu_offload,
+            compile_unet=settings.compile,
+            vae_path=settings.vae_model,
+            vae_tiling_pixels=int(settings.vae_tiling_megapixels * 1_000_000),
+        )
 
     return {DEFAULT_PROVIDER: sdxl}
 

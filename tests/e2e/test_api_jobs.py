@@ -14,7 +14,7 @@ import httpx
 import pytest
 from conftest import topology_stack
 from PIL import Image
-from support import read_sse, wait_for_status
+from support import read_sse, wait_for_status, wait_until
 
 from dreamforge.recipe.embed import read_metadata
 from dreamforge.recipe.infotext import parse_infotext
@@ -255,3 +255,53 @@ def test_models_endpoints(client: httpx.Client) -> None:
     assert params["scheduler"]["enum"] == ["dpmpp_2m_karras", "unipc"]
     assert params["steps"]["default"] == 30
     assert client.get("/models", params={"enabled": "false"}).json()["models"] == []
+
+
+def test_cancel_stops_a_running_job_within_a_step_and_keeps_finished_items(client: httpx.Client) -> None:
+    # Batch-invariant: items render (and finish) one at a time.
+    body = {**JOB, "steps": 100, "count": 3, "batch_invariant": True}
+    job_id = client.post("/jobs", json=body).json()["job"]["id"]
+    wait_until(lambda: client.get(f"/jobs/{job_id}").json()["summary"]["completed"] >= 1, "no item finished")
+    asked = time.monotonic()
+    answer = client.post(f"/jobs/{job_id}/cancel")
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["status"] in ("running", "canceled")
+    assert "cancel_requested_at" in answer.json()
+    done = wait_for_status(client, job_id, {"canceled", "succeeded", "failed"}, timeout=30)
+    assert done["status"] == "canceled", done
+    assert time.monotonic() - asked < 5, "a cancel must take effect within about a step"
+    artifacts = client.get(f"/jobs/{job_id}/artifacts").json()["artifacts"]
+    assert 1 <= len(artifacts) < 3
+    for art in artifacts:
+        assert httpx.get(art["url"]).status_code == 200
+    # Asking again is harmless, and the stream ends with the canceled status.
+    assert client.post(f"/jobs/{job_id}/cancel").json()["status"] == "canceled"
+    assert read_sse(client, f"/jobs/{job_id}/progress/stream")[-1].data["status"] == "canceled"
+    # The worker is free for the next job.
+    next_id = client.post("/jobs", json=JOB).json()["job"]["id"]
+    assert wait_for_status(client, next_id, {"succeeded", "failed"})["status"] == "succeeded"
+
+
+def test_a_queued_job_canceled_never_starts(client: httpx.Client) -> None:
+    blocker = client.post("/jobs", json={**JOB, "steps": 100, "count": 2}).json()["job"]["id"]
+    wait_for_status(client, blocker, {"running"})
+    queued = client.post("/jobs", json=JOB).json()["job"]["id"]
+    answer = client.post(f"/jobs/{queued}/cancel")
+    assert (answer.status_code, answer.json()["status"]) == (202, "canceled")
+    client.post(f"/jobs/{blocker}/cancel")
+    wait_for_status(client, blocker, {"canceled"})
+    # Long enough for a worker to have picked it up, had the cancel not held.
+    time.sleep(1)
+    assert client.get(f"/jobs/{queued}").json()["status"] == "canceled"
+    assert "started on" not in client.get(f"/jobs/{queued}/logs").text
+    assert client.get(f"/jobs/{queued}/artifacts").json()["artifacts"] == []
+
+
+def test_cancel_of_a_finished_or_unknown_job_is_refused(client: httpx.Client) -> None:
+    job_id = client.post("/jobs", json=JOB).json()["job"]["id"]
+    wait_for_status(client, job_id, {"succeeded"})
+    answer = client.post(f"/jobs/{job_id}/cancel")
+    assert answer.status_code == 409
+    assert (answer.json()["code"], answer.json()["details"]["status"]) == ("job_finished", "succeeded")
+    missing = client.post("/jobs/00000000-0000-4000-8000-000000000000/cancel")
+    assert (missing.status_code, missing.json()["code"]) == (404, "not_found")

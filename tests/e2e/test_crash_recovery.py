@@ -40,6 +40,8 @@ def test_sigkill_mid_job_then_restart_finishes_the_job(tmp_path: Path, tiny_mode
         "height": 64,
         "steps": 80,
         "count": 3,
+        # One item per call, so items finish (and survive the crash) one at a time.
+        "batch_invariant": True,
     }
     try:
         with httpx.Client(base_url=first.base, timeout=30) as client:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -69,7 +70,9 @@ def test_artifacts_are_private_objects_behind_presigned_urls(stack: Stack, moto_
 
 def test_worker_killed_mid_job_another_worker_finishes_it(stack: Stack, moto_s3: MotoS3) -> None:
     with httpx.Client(base_url=stack.base, timeout=30) as client:
-        job_id = client.post("/jobs", json={**JOB, "steps": 60, "count": 3}).json()["job"]["id"]
+        # One item per call, so items finish (and survive the kill) one at a time.
+        body = {**JOB, "steps": 60, "count": 3, "batch_invariant": True}
+        job_id = client.post("/jobs", json=body).json()["job"]["id"]
         wait_until(
             lambda: client.get(f"/jobs/{job_id}").json()["summary"]["completed"] >= 1,
             "first item never finished",
@@ -236,3 +239,35 @@ def test_database_outage_answers_503_then_recovers(
             assert wait_for_status(client, job_id, {"succeeded", "failed"})["status"] == "succeeded"
     finally:
         proxy.cut()
+
+
+def test_a_worker_whose_gpu_fails_exits_and_the_next_worker_finishes_the_job(
+    tmp_path: Path, tiny_model_dir: Path, moto_s3: MotoS3
+) -> None:
+    fault = [
+        sys.executable,
+        str(Path(__file__).parents[1] / "fault_worker.py"),
+        str(tmp_path / "fired"),
+        "--",
+    ]
+    with (
+        distributed_stack(tmp_path / "var", tiny_model_dir, moto_s3, workers=0) as stack,
+        httpx.Client(base_url=stack.base, timeout=30) as client,
+    ):
+        faulty = stack.add_worker(command=fault)
+        job_id = client.post("/jobs", json={**JOB, "steps": 3}).json()["job"]["id"]
+        assert faulty.proc is not None
+        wait_until(
+            lambda: faulty.proc is not None and faulty.proc.poll() is not None, "worker did not exit", 60
+        )
+        assert faulty.proc.returncode == 70, faulty.log_text()
+        job = client.get(f"/jobs/{job_id}").json()
+        assert (job["status"], job["attempts"]) == ("queued", 1)
+
+        # The next worker finishes it; with DF_WORKER_MAX_JOBS=1 it then leaves for a fresh process.
+        recycled = stack.add_worker(DF_WORKER_MAX_JOBS="1")
+        done = wait_for_status(client, job_id, {"succeeded", "failed"})
+        assert (done["status"], done["attempts"]) == ("succeeded", 2), done
+        assert "the GPU failed" in client.get(f"/jobs/{job_id}/logs").text
+        wait_until(lambda: recycled.proc is not None and recycled.proc.poll() is not None, "no recycle", 60)
+        assert recycled.proc is not None and recycled.proc.returncode == 75, recycled.log_text()

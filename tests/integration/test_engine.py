@@ -24,7 +24,7 @@ def _spec(path: Path, layout: str = "diffusers", config: Path | None = None) -> 
     )
 
 
-def _request(seed: int = 7, scheduler: str = "dpmpp_2m_karras") -> RenderRequest:
+def _request(scheduler: str = "dpmpp_2m_karras") -> RenderRequest:
     return RenderRequest(
         prompt="a red cube",
         negative_prompt="blurry",
@@ -33,13 +33,13 @@ def _request(seed: int = 7, scheduler: str = "dpmpp_2m_karras") -> RenderRequest
         steps=4,
         guidance=5.0,
         scheduler=scheduler,
-        seed=seed,
     )
 
 
-def _png(engine: SDXLEngine, spec: ModelSpec, request: RenderRequest) -> bytes:
+def _png(engine: SDXLEngine, spec: ModelSpec, request: RenderRequest, seed: int = 7) -> bytes:
     out = io.BytesIO()
-    engine.render(spec, request, lambda _s, _t: None).save(out, format="PNG")
+    [image] = engine.render(spec, request, [seed], lambda _s, _t: None)
+    image.save(out, format="PNG")
     return out.getvalue()
 
 
@@ -50,14 +50,14 @@ def engine() -> SDXLEngine:
 
 def test_same_seed_same_bytes_other_seed_other_image(engine: SDXLEngine, tiny_model_dir: Path) -> None:
     spec = _spec(tiny_model_dir)
-    first = _png(engine, spec, _request(seed=7))
-    assert _png(engine, spec, _request(seed=7)) == first
-    assert _png(engine, spec, _request(seed=8)) != first
+    first = _png(engine, spec, _request(), seed=7)
+    assert _png(engine, spec, _request(), seed=7) == first
+    assert _png(engine, spec, _request(), seed=8) != first
 
 
 def test_each_step_is_reported(engine: SDXLEngine, tiny_model_dir: Path) -> None:
     steps: list[tuple[int, int]] = []
-    image = engine.render(_spec(tiny_model_dir), _request(), lambda s, t: steps.append((s, t)))
+    [image] = engine.render(_spec(tiny_model_dir), _request(), [7], lambda s, t: steps.append((s, t)))
     assert image.size == (64, 64)
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -14,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dreamforge.api.schemas import ErrorResponse
+from dreamforge.error_codes import ErrorCode, http_code
 from dreamforge.errors import DreamForgeError
 
 log = logging.getLogger(__name__)
@@ -34,35 +36,46 @@ UNAVAILABLE: Responses = {
 class ApiError(DreamForgeError):
     """An error of the HTTP layer itself (a malformed header, a missing resource), raised by routes."""
 
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, status: int, code: ErrorCode, message: str, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message, code=code, details=details)
         self.status = status
 
 
 def error_response(
-    status: int, code: str, message: str, details: dict[str, Any] | None = None
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    """A JSON `ErrorResponse` carrying the current request id."""
+    """A JSON `ErrorResponse` carrying the current request id, plus any extra `headers`."""
     rid = request_id_var.get()
     body = ErrorResponse(code=code, message=message, details=details or {}, correlation_id=rid)
-    headers = {REQUEST_ID_HEADER: rid} if rid else None
-    return JSONResponse(status_code=status, content=jsonable_encoder(body), headers=headers)
+    out = dict(headers or {})
+    if rid:
+        out[REQUEST_ID_HEADER] = rid
+    return JSONResponse(status_code=status, content=jsonable_encoder(body), headers=out or None)
 
 
 def not_found(what: str, ident: object) -> ApiError:
     """A 404 for a missing resource."""
-    return ApiError(404, "not_found", f"{what} {ident} not found", {"resource": what, "id": str(ident)})
+    return ApiError(
+        404, ErrorCode.not_found, f"{what} {ident} not found", {"resource": what, "id": str(ident)}
+    )
 
 
+# HTTP errors the framework raises itself (an unknown route, a wrong method); others are `http_<status>`.
 _HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    406: "not_acceptable",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
+    400: ErrorCode.bad_request,
+    401: ErrorCode.unauthorized,
+    403: ErrorCode.forbidden,
+    404: ErrorCode.not_found,
+    405: ErrorCode.method_not_allowed,
+    406: ErrorCode.not_acceptable,
+    413: ErrorCode.payload_too_large,
+    415: ErrorCode.unsupported_media_type,
 }
 
 
@@ -85,7 +98,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DreamForgeError)
     async def _domain(_: Request, exc: DreamForgeError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -95,11 +108,11 @@ def install_error_handlers(app: FastAPI) -> None:
         message = f"invalid request: {where}: {first.get('msg', 'invalid value')}"
         if len(details["errors"]) > 1:
             message += f" (and {len(details['errors']) - 1} more)"
-        return error_response(422, "validation_error", message, details)
+        return error_response(422, ErrorCode.validation_error, message, details)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        code = _HTTP_CODES.get(exc.status_code) or http_code(exc.status_code)
         message = str(exc.detail) if exc.detail else code.replace("_", " ")
         return error_response(exc.status_code, code, message)
 
@@ -108,7 +121,7 @@ def install_error_handlers(app: FastAPI) -> None:
         log.error("database unavailable: %s", exc.orig)
         return error_response(
             503,
-            "database_unavailable",
+            ErrorCode.database_unavailable,
             "the database is unreachable; retry shortly",
             {"component": "database"},
         )

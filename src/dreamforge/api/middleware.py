@@ -10,6 +10,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dreamforge.api.errors import REQUEST_ID_HEADER, error_response, request_id_var
+from dreamforge.error_codes import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class RequestIdMiddleware:
             if started:
                 raise
             response = error_response(
-                500, "internal_error", "an internal error occurred; quote the correlation_id"
+                500, ErrorCode.internal_error, "an internal error occurred; quote the correlation_id"
             )
             await response(scope, receive, send)
         finally:

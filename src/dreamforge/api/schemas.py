@@ -10,10 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The domain's vocabulary, part of the contract; re-exported so clients import it from here.
 from dreamforge.engines.base import DEFAULT_PROVIDER, Scheduler
+from dreamforge.jobs.seeds import SeedStrategy
 from dreamforge.jobs.state import JobStatus
 from dreamforge.storage.base import ImageFormat
 
-__all__ = ["DEFAULT_PROVIDER", "ImageFormat", "JobStatus", "Scheduler"]
+__all__ = ["DEFAULT_PROVIDER", "ImageFormat", "JobStatus", "Scheduler", "SeedStrategy"]
 
 
 class ErrorResponse(BaseModel):
@@ -48,7 +49,13 @@ class JobCreateRequest(BaseModel):
 
     If `seed` is omitted, each item gets a fresh random seed right before its generation begins.
     If `seed` is given, item 0 uses it exactly and later items get fresh random seeds (MVP behaviour);
-    every item's seed is reported on its artifact and embedded in the image.
+    `seed_strategy` changes that: `sequential` gives item i the seed `seed + i`, `fixed` gives every
+    item the same seed. Every item's seed is reported on its artifact and in `/progress`, and is
+    embedded in the image.
+
+    Items render in batches of up to `DF_MAX_BATCH`; a batched item is visually identical (at most
+    2/255 per pixel) to its solo render, and its recipe records the batch. `batch_invariant` renders
+    every item alone, so each reproduces bit for bit with `count=1` and its seed.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -71,6 +78,12 @@ class JobCreateRequest(BaseModel):
     embed_metadata: bool = True
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     count: int = Field(default=1, ge=1, le=100)
+    seed_strategy: SeedStrategy = Field(
+        default=SeedStrategy.random, description="How items after the first get their seeds."
+    )
+    batch_invariant: bool = Field(
+        default=False, description="Render each item alone: bit-identical to its `count=1` render, slower."
+    )
     model_id: uuid.UUID | None = None
 
     @field_validator("width", "height")
@@ -142,6 +155,9 @@ class JobStatusResponse(BaseModel):
     model_id: uuid.UUID | None = None
     attempts: int = Field(default=0, description="Attempts used; a clean shutdown does not use one.")
     error: JobError | None = Field(default=None, description="Set when `status` is `failed`.")
+    cancel_requested_at: datetime | None = Field(
+        default=None, description="When a cancel was asked for; the job stops within one step."
+    )
 
 
 class Artifact(BaseModel):

@@ -68,6 +68,7 @@ def job_view(job: tables.Job) -> JobStatusResponse:
         model_id=job.model_id,
         attempts=job.attempts,
         error=error,
+        cancel_requested_at=job.cancel_requested_at,
     )
 
 

@@ -2,8 +2,9 @@
 
 Results go to stdout (JSON by default, `--output table` for people); progress, notes and errors go
 to stderr. Exit codes: 0 ok; 1 the API answered with an error (its `ErrorResponse` as JSON on
-stderr); 2 usage error; 3 the API cannot be reached; 4 the job failed (commands that follow a job
-to its end: `create --wait`, `progress --stream`, `logs --follow`); 130 interrupted.
+stderr); 2 usage error; 3 the API cannot be reached; 4 the job failed or was canceled (commands
+that follow a job to its end: `create --wait`, `progress --stream`, `logs --follow`), or, for
+`cancel --wait`, it ended other than canceled (it finished first); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ from dreamforge.cli.output import (
 from dreamforge.cli.progress import job_view_for, progress_for
 from dreamforge.client import ApiStatusError, ApiUnreachable, DreamForgeClient
 from dreamforge.client.sync import DEFAULT_API_BASE
+from dreamforge.jobs.state import TERMINAL
 
 EXIT_API_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
-EXIT_JOB_FAILED = 4
+EXIT_JOB_FAILED = 4  # also: canceled; for `job cancel --wait`, not canceled
 EXIT_INTERRUPTED = 130
 
 # `\b` keeps click from re-wrapping the list.
@@ -59,7 +61,8 @@ EXIT_CODES_HELP = """Exit codes:
   1    error; an API error prints its ErrorResponse as JSON on stderr
   2    usage error (a bad flag or value)
   3    cannot reach the API (see --api-base, DF_API_BASE)
-  4    the job failed (job create --wait, progress --stream, logs --follow)
+  4    the job failed or was canceled (job create --wait, progress --stream,
+       logs --follow); job cancel --wait: the job did not end canceled
   130  interrupted (Ctrl-C); a job keeps running on the server
 """
 
@@ -134,6 +137,10 @@ def _finished_note(status: JobStatusResponse, quiet: bool) -> None:
             f"job {status.id} succeeded: {status.summary.completed} image(s); "
             f"get them with `dreamforge job artifacts {status.id} --download DIR`"
         )
+    elif status.status is JobStatus.canceled:
+        done, count = status.summary.completed, status.summary.count
+        kept = f"; get them with `dreamforge job artifacts {status.id} --download DIR`" if done else ""
+        note(f"job {status.id} canceled: {done} of {count} image(s) finished before it stopped{kept}")
     elif status.error is not None:
         note(f"job {status.id} failed: [{status.error.code}] {status.error.message}")
 
@@ -152,6 +159,8 @@ def _status_table(status: JobStatusResponse) -> Table:
         ("started", status.started_at.isoformat(timespec="seconds") if status.started_at else ""),
         ("finished", status.finished_at.isoformat(timespec="seconds") if status.finished_at else ""),
     ]
+    if status.cancel_requested_at is not None:
+        rows.append(("cancel requested", status.cancel_requested_at.isoformat(timespec="seconds")))
     if status.error is not None:
         rows.append(("error", f"[{status.error.code}] {status.error.message}"))
     for name, value in rows:
@@ -243,7 +252,7 @@ def create(
         str | None, typer.Option(help="Retry-safe key: the same key and parameters return the same job.")
     ] = None,
     wait: Annotated[
-        bool, typer.Option("--wait", help="Follow the job to its end; exit 4 if it fails.")
+        bool, typer.Option("--wait", help="Follow the job to its end; exit 4 if it fails or is canceled.")
     ] = False,
     api_base: ApiBaseOpt = DEFAULT_API_BASE,
     output: OutputOpt = OutputFormat.json,
@@ -327,7 +336,12 @@ def logs(
         ),
     ] = None,
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing new lines until the job ends.")
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Keep printing new lines until the job ends; exit 4 if it fails or is canceled.",
+        ),
     ] = False,
     api_base: ApiBaseOpt = DEFAULT_API_BASE,
     output: OutputOpt = OutputFormat.json,
@@ -430,7 +444,7 @@ def progress(
         typer.Option(
             "--stream",
             help="Follow live until the job ends (reconnects with Last-Event-ID): bars on stderr, or one "
-            "JSON event per line with --output json. Exit 4 if the job fails.",
+            "JSON event per line with --output json. Exit 4 if the job fails or is canceled.",
         ),
     ] = False,
     api_base: ApiBaseOpt = DEFAULT_API_BASE,
@@ -456,4 +470,55 @@ def progress(
             emit_table(_progress_table(client.get_progress(job_id)))
     _finished_note(final, quiet)
     if final.status is not JobStatus.succeeded:
+        raise typer.Exit(EXIT_JOB_FAILED)
+
+
+@app.command("cancel")
+def cancel(
+    job_id: JobArg,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Follow the job until it stops and print its final status; exit 4 if it ended other than "
+            "canceled (it finished first).",
+        ),
+    ] = False,
+    api_base: ApiBaseOpt = DEFAULT_API_BASE,
+    output: OutputOpt = OutputFormat.json,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Cancel a job; a running one stops within one denoising step.
+
+    A queued job is canceled at once. Prints the job's status once the server accepted the cancel:
+    `canceled`, or still `running` with `cancel_requested_at` set. Images finished before the cancel
+    are kept. Cancelling a canceled job again is fine; a job that already succeeded or failed is an
+    API error (409 job_finished, exit 1). With --wait, follows the job until it stops and prints its
+    final status.
+    """
+    with _api(api_base, verbose) as client:
+        status = client.cancel_job(job_id)
+        if wait and status.status not in TERMINAL:
+            status = _follow(client, job_id, quiet)
+    if wait and status.status is not JobStatus.canceled:
+        # Not silenced by -q: it is why the command exits 4.
+        why = f": [{status.error.code}] {status.error.message}" if status.error is not None else ""
+        note(f"job {job_id} {status.status.value} before the cancel took effect{why}")
+    elif wait:
+        _finished_note(status, quiet)
+    elif quiet:
+        pass
+    elif status.status is JobStatus.canceled:
+        note(f"job {job_id} canceled")
+    else:
+        note(
+            f"job {job_id}: cancel requested; it stops within one denoising step "
+            f"(`dreamforge job cancel {job_id} --wait` follows it there)"
+        )
+    if output is OutputFormat.table:
+        emit_table(_status_table(status))
+    else:
+        emit_json(status.model_dump(mode="json"))
+    if wait and status.status is not JobStatus.canceled:
         raise typer.Exit(EXIT_JOB_FAILED)

@@ -69,9 +69,11 @@ def worker(
         # The worker re-queues interrupted jobs and sweeps with these settings: one queue throughout.
         settings = settings.model_copy(update={"queue": queue})
     configure_logging(verbose, level=logging.INFO)
-    from dreamforge.worker.celery_app import create_worker_app
+    from dreamforge.worker.celery_app import run_worker
 
-    create_worker_app(settings).worker_main(
+    # The exit status tells the supervisor why: 70 after a GPU fault, 75 after DF_WORKER_MAX_JOBS.
+    code = run_worker(
+        settings,
         [
             "worker",
             # solo: the model stays loaded in this one process, and SIGTERM reaches the running job.
@@ -81,8 +83,9 @@ def worker(
             f"--loglevel={'DEBUG' if verbose else 'INFO'}",
             "--without-gossip",
             "--without-mingle",
-        ]
+        ],
     )
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -182,6 +182,7 @@ class JobBars:
         self._count = count
         self._overall = self._progress.add_task(f"job {job_id[:8]}", total=1.0, note="")
         self._items: dict[int, TaskID] = {}
+        self._stored: set[int] = set()
 
     def __enter__(self) -> JobBars:
         self._progress.start()
@@ -205,8 +206,9 @@ class JobBars:
             p.update(item, completed=data["progress"], note=f"step {data.get('step')}/{data.get('steps')}")
             p.update(self._overall, completed=data.get("overall", 0.0))
         elif event.event == EventKind.artifact:
-            item = self._item(int(data.get("item_index", 0)))
-            p.update(item, completed=1.0, note="stored", visible=self._count <= _ALL_ITEM_BARS)
+            index = int(data.get("item_index", 0))
+            self._stored.add(index)
+            p.update(self._item(index), completed=1.0, note="stored", visible=self._count <= _ALL_ITEM_BARS)
         elif event.event == EventKind.log:
             p.console.print(f"[dim]{escape(_log_line(event))}[/dim]")
         elif event.event == EventKind.error:
@@ -215,6 +217,11 @@ class JobBars:
             status = data.get("status", "")
             if status == "succeeded":
                 p.update(self._overall, completed=1.0)
+            elif status == "canceled":
+                # Not an error: the bars stop where the job stopped, and say so.
+                for index, item in self._items.items():
+                    if index not in self._stored:
+                        p.update(item, note="canceled")
             p.update(self._overall, note=status)
 
 
@@ -225,6 +232,7 @@ class JobLines:
         self._console = console
         self._job = job_id
         self._last = 0.0
+        self._status: str | None = None
 
     def __enter__(self) -> JobLines:
         return self
@@ -239,7 +247,13 @@ class JobLines:
         """Print what a person following the job needs."""
         data = event.data
         if event.event == EventKind.status:
-            self._print(f"job {self._job}: {data.get('status')}")
+            self._status = data.get("status")
+            self._print(f"job {self._job}: {self._status}")
+        elif event.event == EventKind.done:
+            # The status event before `done` normally said it already; say how it ended otherwise.
+            if data.get("status") != self._status:
+                self._status = data.get("status")
+                self._print(f"job {self._job}: {self._status}")
         elif event.event == EventKind.log:
             self._print(f"  {_log_line(event)}")
         elif event.event == EventKind.error:

@@ -6,6 +6,7 @@ import httpx
 from pydantic import ValidationError
 
 from dreamforge.api.schemas import ErrorResponse
+from dreamforge.error_codes import ErrorCode, http_code
 
 
 class ApiStatusError(Exception):
@@ -34,7 +35,7 @@ class ApiStatusError(Exception):
             text = response.text.strip().replace("\n", " ")
             where = response.request.url.copy_with(query=None)
             error = ErrorResponse(
-                code=f"http_{response.status_code}",
+                code=http_code(response.status_code),
                 message=f"{response.reason_phrase or 'error'} from {where}",
                 details={"body": text[:500]} if text else {},
                 correlation_id=response.headers.get("X-Request-Id"),
@@ -47,7 +48,7 @@ class ApiStatusError(Exception):
         return cls(
             response.status_code,
             ErrorResponse(
-                code="invalid_response",
+                code=ErrorCode.invalid_response,
                 message=f"{response.request.url} did not answer as the Dream Forge v1 API does",
                 details={"errors": exc.errors(include_url=False, include_context=False)[:5]},
                 correlation_id=response.headers.get("X-Request-Id"),

@@ -30,7 +30,6 @@ from dreamforge.api.schemas import (
     HealthResponse,
     JobCreatedResponse,
     JobCreateRequest,
-    JobStatus,
     JobStatusResponse,
     LogEvent,
     ModelDescriptor,
@@ -40,7 +39,9 @@ from dreamforge.api.schemas import (
 )
 from dreamforge.client.errors import ApiStatusError, ApiUnreachable
 from dreamforge.client.events import JobEvent, reconnect_delay
+from dreamforge.error_codes import ErrorCode
 from dreamforge.events.kinds import EventKind
+from dreamforge.jobs.state import TERMINAL
 
 DEFAULT_API_BASE = "http://localhost:8001/v1"
 # Idle streams get a keep-alive every DF_SSE_PING_SECONDS (15 s by default); silence for this
@@ -74,9 +75,9 @@ class DreamForgeClient:
 
     `api_base` defaults to `DF_API_BASE`, else `http://localhost:8001/v1`. Every method returns the
     API's pydantic models and raises `ApiStatusError` (the answer's `ErrorResponse` and status) or
-    `ApiUnreachable`. Reads, and creates that carry an `Idempotency-Key`, are retried `retries`
-    times on connection failures and 502/503/504; other creates are not, as a retry could
-    duplicate the job.
+    `ApiUnreachable`. Reads, cancels, and creates that carry an `Idempotency-Key` are retried
+    `retries` times on connection failures and 502/503/504; other creates are not, as a retry
+    could duplicate the job.
     """
 
     def __init__(
@@ -170,6 +171,17 @@ class DreamForgeClient:
         """A job's status, item counts and, when it failed, why."""
         return self._parse(JobStatusResponse, self._send("GET", f"/jobs/{job_id}"))
 
+    def cancel_job(self, job_id: JobId) -> JobStatusResponse:
+        """Ask the server to stop a job (202); returns the job as it is after the request.
+
+        A queued job is `canceled` at once; a running one stays `running` with
+        `cancel_requested_at` set until its worker stops it, within one denoising step (`wait`
+        follows it there). Items finished before that keep their artifacts. Cancelling a job that
+        is canceled or being canceled is accepted again, so the call is retried like a read; a job
+        that already succeeded or failed raises `ApiStatusError` 409 `job_finished`.
+        """
+        return self._parse(JobStatusResponse, self._send("POST", f"/jobs/{job_id}/cancel"))
+
     def list_artifacts(self, job_id: JobId) -> ArtifactListResponse:
         """The job's stored images, each with a signed URL valid until `expires_at`."""
         return self._parse(ArtifactListResponse, self._send("GET", f"/jobs/{job_id}/artifacts"))
@@ -230,7 +242,7 @@ class DreamForgeClient:
                             raise ApiStatusError(
                                 source.response.status_code,
                                 ErrorResponse(
-                                    code="invalid_response",
+                                    code=ErrorCode.invalid_response,
                                     message=f"unexpected event on the progress stream: {sse.event} {sse.id}",
                                     details={"error": str(exc)[:300]},
                                 ),
@@ -246,7 +258,7 @@ class DreamForgeClient:
             except SSEError as exc:
                 raise ApiStatusError(
                     200,
-                    ErrorResponse(code="invalid_response", message=f"not an event stream: {exc}"),
+                    ErrorResponse(code=ErrorCode.invalid_response, message=f"not an event stream: {exc}"),
                 ) from None
             except ApiStatusError as exc:
                 if exc.status not in _TRANSIENT_STATUS:
@@ -275,17 +287,20 @@ class DreamForgeClient:
             yield line
 
     def wait(self, job_id: JobId, *, on_event: Callable[[JobEvent], None] | None = None) -> JobStatusResponse:
-        """Follow the job's event stream until it ends; returns its final status."""
+        """Follow the job's event stream until it ends; returns its final status.
+
+        The final status is `succeeded`, `failed` or `canceled` (`dreamforge.jobs.state.TERMINAL`).
+        """
         for event in self.stream_events(job_id):
             if on_event is not None:
                 on_event(event)
         status = self.get_job(job_id)
-        if status.status not in (JobStatus.succeeded, JobStatus.failed):
+        if status.status not in TERMINAL:
             # `done` was seen, so the job is terminal; a replica lagging behind would say otherwise.
             raise ApiStatusError(
                 200,
                 ErrorResponse(
-                    code="invalid_response",
+                    code=ErrorCode.invalid_response,
                     message=f"the stream ended but the job is {status.status.value}",
                 ),
             )
@@ -301,7 +316,7 @@ class DreamForgeClient:
         """
         if not artifact.url:
             raise ApiStatusError(
-                404, ErrorResponse(code="not_found", message=f"artifact {artifact.id} has no URL")
+                404, ErrorResponse(code=ErrorCode.not_found, message=f"artifact {artifact.id} has no URL")
             )
         part = path.with_name(path.name + ".part")
         digest = hashlib.sha256()
@@ -333,7 +348,7 @@ class DreamForgeClient:
             raise ApiStatusError(
                 response.status_code,
                 ErrorResponse(
-                    code="artifact_mismatch",
+                    code=ErrorCode.artifact_mismatch,
                     message=f"artifact {artifact.item_index} arrived damaged (size or SHA-256 differ)",
                     details={"expected": list(expected), "received": [size, digest.hexdigest()]},
                 ),

@@ -109,6 +109,8 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
     # When the job was last handed to the broker; NULL while queued means no message carries it.
     dispatched_at: Mapped[datetime | None] = mapped_column()
+    # Set by `POST /jobs/{id}/cancel` while the job runs; its worker stops at the next step.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column()
     error_code: Mapped[str | None] = mapped_column(String(100))
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

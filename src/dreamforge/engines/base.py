@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
+from dreamforge.error_codes import ErrorCode
 from dreamforge.errors import DreamForgeError
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class RenderRequest:
-    """One image to render."""
+    """What every image of a job shares; each image differs only by its seed."""
 
     prompt: str
     negative_prompt: str | None
@@ -47,7 +48,6 @@ class RenderRequest:
     steps: int
     guidance: float
     scheduler: str
-    seed: int
 
 
 # Makes an engine; called once per process, when the first job of its provider runs.
@@ -60,10 +60,28 @@ StepCallback = Callable[[int, int], None]
 class EngineError(DreamForgeError):
     """A render failed for a reason a user can act on; `code` is stable."""
 
-    code = "engine_error"
+    code = ErrorCode.engine_error
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message, code=code)
+
+
+class OutOfMemory(EngineError):
+    """The device ran out of memory for this batch; a smaller batch may fit."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.gpu_oom, message)
+
+
+class DeviceFault(EngineError):
+    """The device is in an unrecoverable state (a device-side assert, an illegal memory access).
+
+    Nothing more can run in this process: the worker re-queues its job and exits, so that its
+    supervisor starts a fresh process.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.gpu_fault, message)
 
 
 class Engine(Protocol):
@@ -73,8 +91,13 @@ class Engine(Protocol):
         """Make `model` ready; returns seconds spent loading (0 when already warm)."""
         ...
 
-    def render(self, model: ModelSpec, request: RenderRequest, on_step: StepCallback) -> Image.Image:
-        """Render one image with the request's seed, reporting each step."""
+    def render(
+        self, model: ModelSpec, request: RenderRequest, seeds: Sequence[int], on_step: StepCallback
+    ) -> list[Image.Image]:
+        """Render one image per seed in one call, reporting each step of the call.
+
+        Raises `OutOfMemory` when the batch does not fit and `DeviceFault` when the device is lost.
+        """
         ...
 
     def runtime_info(self) -> dict[str, str]:

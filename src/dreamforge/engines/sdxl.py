@@ -2,8 +2,8 @@
 
 Imported only by a worker when a job runs, so processes that never render never load torch.
 Device, dtype and memory choices are explicit settings: CUDA runs fp16 (fp32 VAE upcast is left
-to the pipeline's `force_upcast`), CPU runs fp32, and starting noise is always drawn on the CPU
-so a seed means the same image on any device.
+to the pipeline's `force_upcast` unless an fp16-safe VAE is configured), CPU runs fp32, and
+starting noise is always drawn on the CPU so a seed means the same image on any device.
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ import os
 # Loading must never reach a hub: single-file loading silently goes online without this.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import gc
 import logging
 import platform
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +27,27 @@ import diffusers
 import torch
 import transformers
 from diffusers import (
+    AutoencoderKL,
     DPMSolverMultistepScheduler,
     StableDiffusionXLPipeline,
     UniPCMultistepScheduler,
 )
+from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from transformers.utils import logging as transformers_logging
 
 from dreamforge import __version__
-from dreamforge.engines.base import EngineError, ModelSpec, RenderRequest, Scheduler, StepCallback
+from dreamforge.engines.base import (
+    DeviceFault,
+    EngineError,
+    ModelSpec,
+    OutOfMemory,
+    RenderRequest,
+    Scheduler,
+    StepCallback,
+)
+from dreamforge.error_codes import ErrorCode
 
 log = logging.getLogger(__name__)
 # Worker logs are structured job events; tqdm bars would only garble them.
@@ -41,8 +55,17 @@ diffusers_logging.disable_progress_bar()
 transformers_logging.disable_progress_bar()
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-# Above this many pixels the VAE decode alone can exhaust a 24 GB card: decode in tiles instead.
-_VAE_TILING_PIXELS = 2048 * 2048
+# Allocation failures that reach Python as a plain RuntimeError rather than OutOfMemoryError.
+_OOM_MARKERS = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
+# After these the CUDA context is poisoned: every later call in this process fails too.
+_FATAL_MARKERS = (
+    "device-side assert",
+    "illegal memory access",
+    "unspecified launch failure",
+    "misaligned address",
+    "CUDA error: an illegal instruction",
+    "uncorrectable ECC error",
+)
 
 
 def make_scheduler(name: str, base_config: Any) -> Any:
@@ -53,26 +76,68 @@ def make_scheduler(name: str, base_config: Any) -> Any:
         )
     if name == Scheduler.unipc:
         return UniPCMultistepScheduler.from_config(base_config)
-    raise EngineError("unknown_scheduler", f"scheduler {name!r} is not supported")
+    raise EngineError(ErrorCode.unknown_scheduler, f"scheduler {name!r} is not supported")
+
+
+def classify_failure(exc: BaseException) -> EngineError | None:
+    """`OutOfMemory` or `DeviceFault` for the CUDA failures a worker must treat specially, else None."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return OutOfMemory(str(exc).splitlines()[0] if str(exc) else "CUDA out of memory")
+    if isinstance(exc, RuntimeError):
+        text = str(exc)
+        if any(marker in text for marker in _FATAL_MARKERS):
+            return DeviceFault(f"unrecoverable device error: {text.splitlines()[0]}")
+        if any(marker in text for marker in _OOM_MARKERS):
+            return OutOfMemory(text.splitlines()[0])
+    return None
+
+
+@dataclass
+class _Conditioning:
+    """A prompt encoded once per job and reused by every pipeline call of it."""
+
+    key: tuple[Any, ...]
+    tensors: dict[str, Any]
 
 
 class SDXLEngine:
-    """Keeps one SDXL pipeline warm and renders with it; one render at a time."""
+    """Keeps one SDXL pipeline warm and renders with it; one render at a time.
 
-    def __init__(self, device: str = "auto", dtype: str = "auto", cpu_offload: bool = False) -> None:
+    GPU levers (CUDA only; none changes CPU results): fp16 weights, SDPA attention and a
+    channels-last UNet always; `compile` compiles the UNet once per loaded model; `vae_path` swaps
+    in a separate VAE (an fp16-safe one skips SDXL's fp32 upcast); the VAE decodes in tiles above
+    `vae_tiling_pixels`.
+    """
+
+    def __init__(
+        self,
+        device: str = "auto",
+        dtype: str = "auto",
+        cpu_offload: bool = False,
+        *,
+        compile_unet: bool = False,
+        vae_path: str = "",
+        vae_tiling_pixels: int = 2048 * 2048,
+    ) -> None:
         self.device = self._pick_device(device)
         self.dtype = self._pick_dtype(dtype, self.device)
         self.cpu_offload = cpu_offload and self.device == "cuda"
+        self.compile_unet = compile_unet and self.device == "cuda"
+        self.vae_path = vae_path
+        self.vae_tiling_pixels = vae_tiling_pixels
         self._pipe: Any = None
         self._loaded_key: tuple[str, str] | None = None
         self._base_scheduler_config: Any = None
+        self._conditioning: _Conditioning | None = None
         self._lock = threading.Lock()
 
     @staticmethod
     def _pick_device(device: str) -> str:
         if device != "auto":
             if device == "cuda" and not torch.cuda.is_available():
-                raise EngineError("device_unavailable", "DF_DEVICE=cuda but no CUDA device is visible")
+                raise EngineError(
+                    ErrorCode.device_unavailable, "DF_DEVICE=cuda but no CUDA device is visible"
+                )
             return device
         if torch.cuda.is_available():
             return "cuda"
@@ -89,7 +154,7 @@ class SDXLEngine:
 
     def runtime_info(self) -> dict[str, str]:
         """Versions and placement, recorded in every image's recipe."""
-        return {
+        info = {
             "dreamforge": __version__,
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,
@@ -99,6 +164,11 @@ class SDXLEngine:
             "dtype": str(self.dtype).removeprefix("torch."),
             "rng_device": "cpu",
         }
+        if self.compile_unet:
+            info["compiled_unet"] = "true"
+        if self.vae_path:
+            info["vae"] = Path(self.vae_path).name
+        return info
 
     def load(self, model: ModelSpec) -> float:
         """Load `model` unless it is already warm; frees the previous pipeline first."""
@@ -113,7 +183,9 @@ class SDXLEngine:
             except EngineError:
                 raise
             except Exception as exc:
-                raise EngineError("model_load_failed", f"could not load model {model.name!r}: {exc}") from exc
+                raise EngineError(
+                    ErrorCode.model_load_failed, f"could not load model {model.name!r}: {exc}"
+                ) from exc
             self._place(pipe)
             pipe.set_progress_bar_config(disable=True)
             self._pipe = pipe
@@ -125,22 +197,32 @@ class SDXLEngine:
         path = Path(model.path)
         if not path.exists():
             raise EngineError(
-                "model_files_missing", f"model {model.name!r} is registered but {path} is missing"
+                ErrorCode.model_files_missing, f"model {model.name!r} is registered but {path} is missing"
+            )
+        extra: dict[str, Any] = {}
+        if self.vae_path:
+            if not Path(self.vae_path).is_dir():
+                raise EngineError(
+                    ErrorCode.model_files_missing, f"DF_VAE_MODEL {self.vae_path} is not a folder"
+                )
+            extra["vae"] = AutoencoderKL.from_pretrained(
+                self.vae_path, local_files_only=True, use_safetensors=True, dtype=self.dtype
             )
         if model.layout == "single_file":
             if not model.config_path or not Path(model.config_path).is_dir():
                 raise EngineError(
-                    "model_files_missing", f"single-file model {model.name!r} has no local config folder"
+                    ErrorCode.model_files_missing,
+                    f"single-file model {model.name!r} has no local config folder",
                 )
             return StableDiffusionXLPipeline.from_single_file(
-                str(path), config=model.config_path, local_files_only=True, dtype=self.dtype
+                str(path), config=model.config_path, local_files_only=True, dtype=self.dtype, **extra
             )
         # The downloader keeps only fp16 weights when a repo offers them; fp32 devices upcast them.
         has_fp16 = any(path.glob("unet/*.fp16*.safetensors"))
         has_plain = any(p for p in path.glob("unet/*.safetensors") if ".fp16" not in p.name)
         variant = "fp16" if has_fp16 and (self.dtype == torch.float16 or not has_plain) else None
         return StableDiffusionXLPipeline.from_pretrained(
-            str(path), local_files_only=True, use_safetensors=True, dtype=self.dtype, variant=variant
+            str(path), local_files_only=True, use_safetensors=True, dtype=self.dtype, variant=variant, **extra
         )
 
     def _place(self, pipe: Any) -> None:
@@ -148,26 +230,69 @@ class SDXLEngine:
             pipe.enable_model_cpu_offload()
         else:
             pipe.to(self.device)
+        if self.device != "cuda":
+            return
+        # Scaled-dot-product attention (flash / memory-efficient kernels) instead of the plain one.
+        pipe.unet.set_attn_processor(AttnProcessor2_0())
+        pipe.unet.to(memory_format=torch.channels_last)
+        if self.vae_path and self.dtype == torch.float16:
+            # An fp16-safe VAE decodes in half precision; SDXL's own VAE would upcast to fp32.
+            pipe.vae.config.force_upcast = False
+        if self.compile_unet:
+            # Compiled once per loaded model; the first render pays the compile time.
+            pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=False)
 
     def _unload(self) -> None:
         if self._pipe is None:
             return
         self._pipe = None
         self._loaded_key = None
+        self._conditioning = None
         if self.device == "cuda":
             torch.cuda.empty_cache()
 
-    def render(self, model: ModelSpec, request: RenderRequest, on_step: StepCallback) -> Image.Image:
-        """Render one image; the CPU generator makes the seed device-independent."""
+    def _encode(self, pipe: Any, request: RenderRequest) -> dict[str, Any]:
+        """The prompt's embeddings, encoded once and reused while the job's prompt stays the same."""
+        do_cfg = request.guidance > 1
+        key = (self._loaded_key, request.prompt, request.negative_prompt, do_cfg)
+        if self._conditioning is None or self._conditioning.key != key:
+            embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+                prompt=request.prompt,
+                device=pipe._execution_device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=do_cfg,
+                negative_prompt=request.negative_prompt or None,
+            )
+            self._conditioning = _Conditioning(
+                key,
+                {
+                    "prompt_embeds": embeds,
+                    "negative_prompt_embeds": negative,
+                    "pooled_prompt_embeds": pooled,
+                    "negative_pooled_prompt_embeds": negative_pooled,
+                },
+            )
+        return self._conditioning.tensors
+
+    def _run_pipeline(self, pipe: Any, **kwargs: Any) -> list[Image.Image]:
+        """One pipeline call (a seam for tests that count calls or inject device failures)."""
+        images: list[Image.Image] = pipe(**kwargs).images
+        return images
+
+    def render(
+        self, model: ModelSpec, request: RenderRequest, seeds: Sequence[int], on_step: StepCallback
+    ) -> list[Image.Image]:
+        """Render one image per seed in one pipeline call; CPU generators make seeds device-independent."""
         self.load(model)
         with self._lock:
             pipe = self._pipe
             pipe.scheduler = make_scheduler(request.scheduler, self._base_scheduler_config)
-            if self.device == "cuda" and request.width * request.height > _VAE_TILING_PIXELS:
+            if self.device == "cuda" and request.width * request.height > self.vae_tiling_pixels:
                 pipe.vae.enable_tiling()
             else:
                 pipe.vae.disable_tiling()
-            generator = torch.Generator(device="cpu").manual_seed(request.seed)
+            # One generator per image: each item's noise depends on its own seed alone.
+            generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
 
             def step_end(p: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
                 on_step(step + 1, int(getattr(p, "num_timesteps", request.steps)))
@@ -175,23 +300,27 @@ class SDXLEngine:
 
             try:
                 with torch.inference_mode():
-                    result = pipe(
-                        prompt=request.prompt,
-                        negative_prompt=request.negative_prompt or None,
+                    return self._run_pipeline(
+                        pipe,
+                        **self._encode(pipe, request),
                         width=request.width,
                         height=request.height,
                         num_inference_steps=request.steps,
                         guidance_scale=request.guidance,
-                        generator=generator,
+                        num_images_per_prompt=len(seeds),
+                        generator=generators,
                         output_type="pil",
                         callback_on_step_end=step_end,
                     )
-            except torch.cuda.OutOfMemoryError as exc:
-                torch.cuda.empty_cache()
-                raise EngineError(
-                    "out_of_memory",
-                    f"the GPU ran out of memory at {request.width}x{request.height}; "
-                    "try a smaller size or DF_CPU_OFFLOAD=true",
-                ) from exc
-            image: Image.Image = result.images[0]
-            return image
+            except Exception as exc:
+                failure = classify_failure(exc)
+                if failure is None:
+                    raise
+                if isinstance(failure, OutOfMemory):
+                    # Free what the failed call held before anyone tries a smaller batch.
+                    del exc
+                    gc.collect()
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    raise failure from None
+                raise failure from exc

@@ -5,13 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Protocol
 
+from dreamforge.error_codes import ErrorCode
 from dreamforge.errors import DreamForgeError
 
 
 class BrokerUnavailable(DreamForgeError):
     """The message broker did not accept the job's message."""
 
-    code = "broker_unavailable"
+    code = ErrorCode.broker_unavailable
     status = 503
 
 

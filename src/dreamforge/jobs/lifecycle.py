@@ -14,10 +14,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from dreamforge.db.tables import Job, utcnow
+from dreamforge.error_codes import ErrorCode
+from dreamforge.errors import DreamForgeError
 from dreamforge.events.kinds import EventKind
 from dreamforge.events.repository import add_event
 from dreamforge.jobs import repository as jobs_repo
-from dreamforge.jobs.state import JobStatus, check_transition
+from dreamforge.jobs.state import TERMINAL, JobStatus, check_transition
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ def finish_job(
     session: Session,
     job: Job,
     status: JobStatus,
-    error_code: str | None = None,
+    error_code: ErrorCode | None = None,
     error_message: str | None = None,
 ) -> None:
     """Stage a terminal transition with its error, log and `done` events."""
@@ -54,10 +56,42 @@ def finish_job(
         error = {"code": error_code, "message": error_message}
         add_event(session, job.id, EventKind.error, error)
         log_event(session, job.id, "error", f"job failed: [{error_code}] {error_message}")
+    elif status is JobStatus.canceled:
+        log_event(session, job.id, "info", f"job canceled: {job.completed}/{job.count} item(s) finished")
     else:
         log_event(session, job.id, "info", f"job succeeded: {job.completed}/{job.count} item(s)")
     add_event(session, job.id, EventKind.status, {"status": status.value})
     add_event(session, job.id, EventKind.done, {"status": status.value, "error": error})
+
+
+class JobFinished(DreamForgeError):
+    """A job that already succeeded or failed cannot be canceled."""
+
+    code = ErrorCode.job_finished
+    status = 409
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(
+            f"job {job.id} already {job.status}; there is nothing to cancel", details={"status": job.status}
+        )
+
+
+def request_cancel(session: Session, job: Job) -> None:
+    """Stage a cancel: a queued job ends `canceled` now; a running one is flagged for its worker.
+
+    Idempotent for a job already canceled or being canceled; `JobFinished` for one that ended otherwise.
+    """
+    status = JobStatus(job.status)
+    if status is JobStatus.canceled or job.cancel_requested_at is not None:
+        return
+    if status in TERMINAL:
+        raise JobFinished(job)
+    if status is JobStatus.queued:
+        finish_job(session, job, JobStatus.canceled)
+        return
+    job.cancel_requested_at = utcnow()
+    job.updated_at = job.cancel_requested_at
+    log_event(session, job.id, "info", "cancel requested; the job stops at its next step")
 
 
 def requeue_job(session: Session, job: Job, reason: str, *, attempt_used: bool = True) -> None:
@@ -83,6 +117,7 @@ def requeue_job(session: Session, job: Job, reason: str, *, attempt_used: bool =
     log_event(session, job.id, "warning", f"{reason}; re-queued")
 
 
+# (re-queued ids, ended ids: failed out of attempts, or canceled).
 Settled = tuple[list[uuid.UUID], list[uuid.UUID]]
 
 
@@ -90,12 +125,16 @@ def _settle(session: Session, jobs: Sequence[Job], max_attempts: int) -> Settled
     requeued: list[uuid.UUID] = []
     failed: list[uuid.UUID] = []
     for job in jobs:
-        if job.attempts >= max_attempts:
+        if job.cancel_requested_at is not None:
+            # Its worker died before it could stop: the cancel still holds.
+            finish_job(session, job, JobStatus.canceled)
+            failed.append(job.id)
+        elif job.attempts >= max_attempts:
             finish_job(
                 session,
                 job,
                 JobStatus.failed,
-                "worker_lost",
+                ErrorCode.worker_lost,
                 f"the worker stopped while running this job {job.attempts} time(s); giving up",
             )
             failed.append(job.id)

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from dreamforge.db.tables import Artifact, Job, JobItem, utcnow
@@ -31,6 +31,12 @@ def get_job_by_idempotency_key(session: Session, key: str) -> Job | None:
 def jobs_in_status(session: Session, status: JobStatus) -> Sequence[Job]:
     """Jobs in `status`, oldest first."""
     return session.scalars(select(Job).where(Job.status == status.value).order_by(Job.created_at)).all()
+
+
+def count_queued(session: Session) -> int:
+    """How many jobs wait in status `queued`, across the service."""
+    stmt = select(func.count()).select_from(Job).where(Job.status == JobStatus.queued.value)
+    return int(session.scalar(stmt) or 0)
 
 
 def _changed_one(result: object) -> bool:
@@ -131,3 +137,9 @@ def get_artifact_for_item(session: Session, job_id: uuid.UUID, item_index: int) 
     """The artifact of one item, if stored."""
     stmt = select(Artifact).where(Artifact.job_id == job_id, Artifact.item_index == item_index)
     return session.scalars(stmt).first()
+
+
+def cancel_requested(session: Session, job_id: uuid.UUID) -> bool:
+    """True once a cancel was asked for the job (read by its worker between steps)."""
+    stmt = select(Job.cancel_requested_at).where(Job.id == job_id)
+    return session.scalars(stmt).first() is not None

@@ -17,11 +17,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dreamforge.db.tables import Job, JobItem, Model
+from dreamforge.error_codes import ErrorCode
 from dreamforge.errors import DreamForgeError
 from dreamforge.events.kinds import EventKind
 from dreamforge.events.repository import add_event
 from dreamforge.jobs import repository as jobs_repo
 from dreamforge.jobs.dispatch import BrokerUnavailable, Dispatcher
+from dreamforge.jobs.lifecycle import request_cancel
+from dreamforge.jobs.limits import NO_LIMITS, JobLimits, check_queue, check_request
 from dreamforge.jobs.state import JobStatus
 from dreamforge.registry.selection import resolve_model
 
@@ -41,6 +44,15 @@ class JobRequest(Protocol):
     @property
     def count(self) -> int: ...
 
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def steps(self) -> int: ...
+
     def model_dump(self, *, mode: str = ...) -> dict[str, Any]:
         """Every parameter with defaults filled in; `mode="json"` for what the job row stores."""
         ...
@@ -49,7 +61,7 @@ class JobRequest(Protocol):
 class IdempotencyConflict(DreamForgeError):
     """The `Idempotency-Key` was already used with a different request body."""
 
-    code = "idempotency_key_reused"
+    code = ErrorCode.idempotency_key_reused
     status = 409
 
     def __init__(self, key: str, job_id: uuid.UUID) -> None:
@@ -64,7 +76,7 @@ class IdempotencyConflict(DreamForgeError):
 class UnknownProvider(DreamForgeError):
     """The job names a provider this service does not offer."""
 
-    code = "unknown_provider"
+    code = ErrorCode.unknown_provider
     status = 422
 
     def __init__(self, provider: str, available: Collection[str]) -> None:
@@ -96,8 +108,14 @@ def create_job(
     *,
     providers: Collection[str],
     default_model: str = "",
+    limits: JobLimits = NO_LIMITS,
 ) -> tuple[Job, bool]:
-    """Stage a new job (or find its idempotent twin); returns the job and whether it is new."""
+    """Stage a new job (or find its idempotent twin); returns the job and whether it is new.
+
+    `limits` apply to a new job only: a replay is answered with its job whatever the limits or the
+    queue are now. The queue is checked last, so a request that could never be accepted gets its
+    422 rather than a 429 that would only make the client retry it.
+    """
     fingerprint = request_fingerprint(request)
     if idempotency_key is not None:
         existing = find_replay(session, idempotency_key, fingerprint)
@@ -105,7 +123,9 @@ def create_job(
             return existing, False
     if request.provider not in providers:
         raise UnknownProvider(request.provider, providers)
+    check_request(request, limits)
     model: Model = resolve_model(session, request.model_id, default_model)
+    check_queue(session, limits)
     job = Job(
         id=uuid.uuid4(),
         type=request.type,
@@ -138,6 +158,7 @@ def submit_job(
     *,
     providers: Collection[str],
     default_model: str = "",
+    limits: JobLimits = NO_LIMITS,
 ) -> tuple[Job, bool]:
     """Create and commit a job, then dispatch it; returns the job and whether it is new.
 
@@ -147,7 +168,12 @@ def submit_job(
     """
     try:
         job, created = create_job(
-            session, request, idempotency_key, providers=providers, default_model=default_model
+            session,
+            request,
+            idempotency_key,
+            providers=providers,
+            default_model=default_model,
+            limits=limits,
         )
         session.commit()
     except IntegrityError:
@@ -172,3 +198,16 @@ def submit_job(
                 details={"component": "broker", "reason": exc.message},
             ) from None
     return job, created
+
+
+def cancel_job(session: Session, job_id: uuid.UUID) -> Job | None:
+    """Cancel a job and commit: at once when queued, within a step when running; None if unknown.
+
+    Raises `JobFinished` for a job that already succeeded or failed.
+    """
+    job = jobs_repo.lock_job(session, job_id)
+    if job is None:
+        return None
+    request_cancel(session, job)
+    session.commit()
+    return job

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from dreamforge.error_codes import ErrorCode
 from dreamforge.errors import DreamForgeError
 
 
@@ -14,21 +15,28 @@ class JobStatus(StrEnum):
     running = "running"
     succeeded = "succeeded"
     failed = "failed"
+    canceled = "canceled"
 
+
+# A job in one of these has ended: it never runs again and its `done` event has been sent.
+TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.canceled})
 
 # running -> queued is the crash path: a job whose worker died goes back to the queue.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.queued: frozenset({JobStatus.running, JobStatus.failed}),
-    JobStatus.running: frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.queued}),
+    JobStatus.queued: frozenset({JobStatus.running, JobStatus.failed, JobStatus.canceled}),
+    JobStatus.running: frozenset(
+        {JobStatus.succeeded, JobStatus.failed, JobStatus.queued, JobStatus.canceled}
+    ),
     JobStatus.succeeded: frozenset(),
     JobStatus.failed: frozenset(),
+    JobStatus.canceled: frozenset(),
 }
 
 
 class IllegalTransition(DreamForgeError):
     """A status change the state machine forbids."""
 
-    code = "illegal_transition"
+    code = ErrorCode.illegal_transition
     status = 409
 
     def __init__(self, current: str, target: str) -> None:

@@ -27,8 +27,12 @@ def compose(
     seed: int,
     model: dict[str, Any],
     runtime: dict[str, str],
+    batch: dict[str, int] | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Return (infotext, recipe) for one item. `model` holds id, name, sha256 and provenance."""
+    """Return (infotext, recipe) for one item. `model` holds id, name, sha256 and provenance.
+
+    `batch` is the pipeline call the item was rendered in (`size`, the item's `position`).
+    """
     sampler, schedule = SAMPLER_NAMES[params["scheduler"]]
     extra = model.get("extra") or {}
     infotext_params: dict[str, ParamValue] = {
@@ -43,6 +47,10 @@ def compose(
         "RNG": "CPU",
         "Version": f"dreamforge {runtime.get('dreamforge', '')}".strip(),
     }
+    if batch and batch["size"] > 1:
+        # As A1111 writes a batched image's place in its call.
+        infotext_params["Batch size"] = batch["size"]
+        infotext_params["Batch pos"] = batch["position"]
     civitai_version = extra.get("civitai_version_id")
     if civitai_version is not None:
         infotext_params["Hashes"] = {"model": autov2(model["sha256"])}
@@ -66,9 +74,11 @@ def compose(
         "scheduler": params["scheduler"],
         "seed": seed,
         "requested_seed": params.get("seed"),
+        "seed_strategy": params.get("seed_strategy", "random"),
         "format": params["format"],
-        # Items are rendered one per pipeline call; a re-run with the same plan is byte-identical.
-        "batch": {"size": 1, "position": 0},
+        # A re-run with the same batch plan is byte-identical; another plan only visually identical.
+        "batch": batch or {"size": 1, "position": 0},
+        "batch_invariant": bool(params.get("batch_invariant", False)),
         "model": {
             "id": str(model["id"]),
             "name": model["name"],

@@ -8,6 +8,7 @@ import struct
 from email.message import Message
 from pathlib import Path, PurePosixPath
 
+from dreamforge.error_codes import ErrorCode
 from dreamforge.errors import DreamForgeError
 
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
@@ -20,7 +21,7 @@ _MAX_NAME = 200
 class UnsafeFile(DreamForgeError):
     """A file the registry refuses to install; the message says why."""
 
-    code = "unsafe_file"
+    code = ErrorCode.unsafe_file
     status = 422
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from dreamforge.db.tables import Model
+from dreamforge.error_codes import ErrorCode
 from dreamforge.errors import DreamForgeError
 from dreamforge.registry import repository as models_repo
 from dreamforge.registry.hashing import FileRecord, file_records, manifest_digest
@@ -20,7 +21,7 @@ CAPABILITIES = ["text-to-image"]
 class ModelNameTaken(DreamForgeError):
     """A model with this name is already registered."""
 
-    code = "model_name_taken"
+    code = ErrorCode.model_name_taken
     status = 409
 
 

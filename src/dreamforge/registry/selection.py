@@ -7,6 +7,7 @@ import uuid
 from sqlalchemy.orm import Session
 
 from dreamforge.db.tables import Model
+from dreamforge.error_codes import ErrorCode
 from dreamforge.errors import DreamForgeError
 from dreamforge.registry import repository as models_repo
 
@@ -22,14 +23,16 @@ PROVIDER_MODEL_HINT = "epicrealism"
 class ModelUnavailable(DreamForgeError):
     """The requested model is unknown, disabled or not installed, or none is installed at all."""
 
-    code = "model_unavailable"
+    code = ErrorCode.model_unavailable
     status = 422
 
     def __init__(self, message: str, *, model_id: uuid.UUID | None, reason: str) -> None:
         details: dict[str, str] = {"field": "model_id", "reason": reason}
         if model_id is not None:
             details["model_id"] = str(model_id)
-        super().__init__(message, code="no_model_installed" if reason == "none" else None, details=details)
+        super().__init__(
+            message, code=ErrorCode.no_model_installed if reason == "none" else None, details=details
+        )
         self.model_id = model_id
         self.reason = reason
 

@@ -34,6 +34,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from dreamforge.error_codes import ErrorCode
 from dreamforge.errors import DreamForgeError
 from dreamforge.registry.formats import (
     UnsafeFile,
@@ -54,7 +55,7 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 class DownloadError(DreamForgeError):
     """A download failed in a way the user must act on; `code` is stable for scripts."""
 
-    code = "download_failed"
+    code = ErrorCode.download_failed
     # The failure is the source's (or the way to it), not the request's.
     status = 502
 
@@ -66,25 +67,25 @@ class DownloadError(DreamForgeError):
 class AuthRequired(DownloadError):
     """The source wants a token (or a better one)."""
 
-    code = "auth_required"
+    code = ErrorCode.auth_required
 
 
 class RemoteNotFound(DownloadError):
     """The repo, revision, version or file does not exist at the source."""
 
-    code = "not_found"
+    code = ErrorCode.not_found
 
 
 class ChecksumMismatch(DownloadError):
     """The bytes received are not the file the source publishes."""
 
-    code = "checksum_mismatch"
+    code = ErrorCode.checksum_mismatch
 
 
 class NotAModel(DownloadError):
     """The server sent an error page, or something other than a safetensors checkpoint."""
 
-    code = "not_a_model"
+    code = ErrorCode.not_a_model
 
 
 class _Retryable(Exception):
@@ -98,7 +99,7 @@ class _Retryable(Exception):
 class TransferFailed(DownloadError):
     """Every try failed with a transient error."""
 
-    code = "transfer_failed"
+    code = ErrorCode.transfer_failed
 
 
 class ProgressSink(Protocol):

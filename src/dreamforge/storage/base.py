@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
+from dreamforge.error_codes import ErrorCode
 from dreamforge.errors import DreamForgeError
 
 
@@ -29,7 +30,7 @@ def artifact_key(job_id: uuid.UUID, item_index: int, fmt: str) -> str:
 class StorageUnavailable(DreamForgeError):
     """The store could not be reached, even after retries; nothing was stored."""
 
-    code = "storage_unavailable"
+    code = ErrorCode.storage_unavailable
     status = 503
 
 

@@ -10,16 +10,17 @@ import hashlib
 import hmac
 import time
 
+from dreamforge.error_codes import ErrorCode
 from dreamforge.errors import DreamForgeError
 
 
 class SignatureError(DreamForgeError):
     """An artifact URL whose signature is wrong or whose time has passed."""
 
-    code = "invalid_signature"
+    code = ErrorCode.invalid_signature
     status = 403
 
-    def __init__(self, code: str, message: str, key: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, key: str) -> None:
         super().__init__(message, code=code, details={"key": key})
 
 
@@ -32,9 +33,9 @@ def verify(key: str, expires: int, signature: str, secret: bytes, now: float | N
     """Raise `SignatureError` unless `signature` is valid for `key` and `expires` is in the future."""
     if not hmac.compare_digest(sign(key, expires, secret), signature):
         raise SignatureError(
-            "invalid_signature", "the URL's signature does not match; request a fresh URL", key
+            ErrorCode.invalid_signature, "the URL's signature does not match; request a fresh URL", key
         )
     if (time.time() if now is None else now) >= expires:
         raise SignatureError(
-            "url_expired", "the URL has expired; list the job's artifacts for a fresh one", key
+            ErrorCode.url_expired, "the URL has expired; list the job's artifacts for a fresh one", key
         )

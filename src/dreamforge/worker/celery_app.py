@@ -18,14 +18,19 @@ import uuid
 from typing import Any
 
 from celery import Celery, signals
+from celery.worker import state as celery_worker_state
 
 from dreamforge.broker.celery import TASK_NAME, make_celery
 from dreamforge.config import Settings
+from dreamforge.engines.base import DeviceFault
 from dreamforge.jobs.state import JobStatus
 from dreamforge.runtime import Runtime, build_worker_runtime
-from dreamforge.worker.runner import run_job
+from dreamforge.worker.runner import DEVICE_FAULT_EXIT_CODE, run_job
 
 log = logging.getLogger(__name__)
+
+# Exit status after DF_WORKER_MAX_JOBS jobs: a planned restart (EX_TEMPFAIL), not a failure.
+RECYCLE_EXIT_CODE = 75
 
 
 class _WorkerState:
@@ -36,6 +41,7 @@ class _WorkerState:
         self.celery = celery
         self.lock = threading.Lock()
         self.runtime: Runtime | None = None
+        self.jobs_run = 0
 
     def get(self) -> Runtime:
         """The runtime, built and started on first use (migrations, storage, reconciler)."""
@@ -50,14 +56,30 @@ class _WorkerState:
         """Run one job; a job interrupted by shutdown goes back on this worker's queue."""
         runtime = self.get()
         assert runtime.worker_context is not None
-        status = run_job(runtime.worker_context, uuid.UUID(job_id))
+        try:
+            status = run_job(runtime.worker_context, uuid.UUID(job_id))
+        except DeviceFault:
+            # The job is re-queued; this process's GPU context is unusable. Send the job on, then
+            # leave once this task is acknowledged, non-zero so the supervisor starts a fresh one.
+            self._resend(runtime, job_id)
+            celery_worker_state.should_stop = DEVICE_FAULT_EXIT_CODE
+            return JobStatus.queued.value
         if status is JobStatus.queued:
-            try:
-                runtime.dispatcher.dispatch(uuid.UUID(job_id))
-            except Exception as exc:
-                # The reconciler sends queued jobs no message carries; nothing is lost.
-                log.warning("job %s re-queued but not re-sent (%s); the reconciler will", job_id, exc)
+            self._resend(runtime, job_id)
+        self.jobs_run += 1
+        limit = self.settings.worker_max_jobs
+        if limit and self.jobs_run >= limit:
+            log.info("ran %d job(s) (DF_WORKER_MAX_JOBS); exiting for a fresh process", self.jobs_run)
+            celery_worker_state.should_stop = RECYCLE_EXIT_CODE
         return status.value if status else None
+
+    @staticmethod
+    def _resend(runtime: Runtime, job_id: str) -> None:
+        try:
+            runtime.dispatcher.dispatch(uuid.UUID(job_id))
+        except Exception as exc:
+            # The reconciler sends queued jobs no message carries; nothing is lost.
+            log.warning("job %s re-queued but not re-sent (%s); the reconciler will", job_id, exc)
 
     def on_ready(self, **_: Any) -> None:
         # Build (and migrate) before the first job, so start-up problems show at once in the log;
@@ -96,6 +118,13 @@ def create_worker_app(settings: Settings) -> Celery:
     signals.worker_shutting_down.connect(state.on_shutting_down, weak=False)
     signals.worker_shutdown.connect(state.on_shutdown, weak=False)
     return celery
+
+
+def run_worker(settings: Settings, argv: list[str]) -> int:
+    """Run `celery worker` with `argv` until it stops; returns the exit status it asked for."""
+    create_worker_app(settings).worker_main(argv)
+    # Celery's programmatic entry drops the status its shutdown carried; it is kept in this flag.
+    return int(celery_worker_state.should_stop or 0)
 
 
 def __getattr__(name: str) -> Celery:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dreamforge.config import Settings
 from dreamforge.engines.base import Engine, EngineError, EngineFactory
+from dreamforge.error_codes import ErrorCode
 from dreamforge.storage.base import ArtifactStore
 
 
@@ -42,6 +43,8 @@ class WorkerContext:
             if engine is None:
                 factory = self.engines.get(provider)
                 if factory is None:
-                    raise EngineError("unknown_provider", f"this worker does not offer provider {provider!r}")
+                    raise EngineError(
+                        ErrorCode.unknown_provider, f"this worker does not offer provider {provider!r}"
+                    )
                 engine = self._made[provider] = factory()
             return engine

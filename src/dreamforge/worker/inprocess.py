@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import uuid
 
 from dreamforge.db.session import transaction
+from dreamforge.engines.base import DeviceFault
 from dreamforge.jobs import repository as jobs_repo
 from dreamforge.jobs.lifecycle import settle_interrupted
 from dreamforge.jobs.state import JobStatus
 from dreamforge.worker.context import WorkerContext
-from dreamforge.worker.runner import run_job
+from dreamforge.worker.runner import DEVICE_FAULT_EXIT_CODE, run_job
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,10 @@ class InProcessRunner:
                 return
             try:
                 run_job(self.ctx, job_id)
+            except DeviceFault:
+                # The job is re-queued and the next start runs it; this process's GPU is unusable.
+                log.critical("the GPU failed beyond repair; exiting so the supervisor restarts the service")
+                os._exit(DEVICE_FAULT_EXIT_CODE)
             except Exception:
                 # run_job settles engine failures itself; this is the database being unreachable.
                 log.exception("job %s could not be run", job_id)

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from dreamforge.api.deps import RuntimeDep
 from dreamforge.api.errors import error_response
 from dreamforge.api.schemas import ErrorResponse, HealthResponse, ReadinessResponse
+from dreamforge.error_codes import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ async def readyz(runtime: RuntimeDep) -> Any:
         log.warning("not ready: %s", failed)
         return error_response(
             503,
-            "not_ready",
+            ErrorCode.not_ready,
             f"unreachable: {', '.join(sorted(failed))}",
             {"checks": checks, "failed": sorted(failed), "errors": failed},
         )

@@ -22,9 +22,11 @@ from dreamforge.api.schemas import (
 from dreamforge.api.sse import stream_job_events
 from dreamforge.api.views import artifact_view, created_view, job_view, log_view, progress_view
 from dreamforge.db.tables import Job
+from dreamforge.error_codes import ErrorCode
 from dreamforge.events.repository import log_events
 from dreamforge.jobs import repository as jobs_repo
-from dreamforge.jobs.service import submit_job
+from dreamforge.jobs.limits import JobLimits
+from dreamforge.jobs.service import cancel_job, submit_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -44,7 +46,27 @@ def _load_job(session: Session, job_id: uuid.UUID) -> Job:
     summary="Create a job (generate)",
     responses={
         409: {**ERROR_BODY, "description": "Idempotency conflict"},
-        **INVALID,
+        422: {
+            **ERROR_BODY,
+            "description": (
+                "Not acceptable as sent: `validation_error`, `unknown_provider`, `model_unavailable`, "
+                "`no_model_installed`, or `limit_exceeded` (more than DF_MAX_STEPS or "
+                "DF_MAX_MEGAPIXELS_PER_JOB allow)"
+            ),
+        },
+        429: {
+            **ERROR_BODY,
+            "description": (
+                "`queue_full`: DF_MAX_QUEUED_JOBS jobs are already queued; retry the same request "
+                "after the `Retry-After` header's seconds"
+            ),
+            "headers": {
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying",
+                    "schema": {"type": "integer"},
+                }
+            },
+        },
         503: {
             **ERROR_BODY,
             "description": "Not accepted, retry shortly: `broker_unavailable` or `database_unavailable`",
@@ -73,6 +95,11 @@ def create(
         idempotency_key,
         providers=runtime.providers,
         default_model=runtime.settings.default_model,
+        limits=JobLimits(
+            max_megapixels_per_job=runtime.settings.max_megapixels_per_job,
+            max_steps=runtime.settings.max_steps,
+            max_queued_jobs=runtime.settings.max_queued_jobs,
+        ),
     )
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
@@ -90,6 +117,27 @@ def create(
 def get(id: uuid.UUID, session: SessionDep) -> JobStatusResponse:
     """A job's status, item counts and, when it failed, why."""
     return job_view(_load_job(session, id))
+
+
+@router.post(
+    "/{id}/cancel",
+    status_code=202,
+    response_model=JobStatusResponse,
+    operation_id="cancelJob",
+    summary="Cancel a job",
+    responses={
+        **NOT_FOUND,
+        409: {**ERROR_BODY, "description": "`job_finished`: the job already succeeded or failed"},
+        **INVALID,
+        **UNAVAILABLE,
+    },
+)
+def cancel(id: uuid.UUID, session: SessionDep) -> JobStatusResponse:
+    """Stop a job: a queued one never runs, a running one stops within a step; finished items stay."""
+    job = cancel_job(session, id)
+    if job is None:
+        raise not_found("job", id)
+    return job_view(job)
 
 
 @router.get(
@@ -194,7 +242,7 @@ async def stream(
         except ValueError:
             raise ApiError(
                 422,
-                "validation_error",
+                ErrorCode.validation_error,
                 "Last-Event-ID must be an event id from this stream",
                 {"field": "Last-Event-ID", "value": last_event_id},
             ) from None

@@ -1,0 +1,140 @@
+"""Caps on what one job may ask for and on the queue, checked only when a new job is created.
+
+The caller builds `JobLimits` from its settings (`DF_MAX_MEGAPIXELS_PER_JOB`, `DF_MAX_STEPS`,
+`DF_MAX_QUEUED_JOBS`); 0 means no cap. An idempotent replay never reaches these checks, so a job
+accepted before a limit was lowered, or before the queue filled up, is still answered as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy.orm import Session
+
+from dreamforge.error_codes import ErrorCode
+from dreamforge.errors import DreamForgeError
+from dreamforge.jobs import repository as jobs_repo
+
+# A fixed hint: the API cannot know when a queued job will start (that depends on the steps, size
+# and count of the jobs ahead). Ten seconds is on the order of one short SDXL job on a GPU, so a
+# waiting client retries soon after a slot may have freed, without hammering the service.
+QUEUE_FULL_RETRY_AFTER_SECONDS = 10
+
+MEGAPIXELS_LIMIT = "DF_MAX_MEGAPIXELS_PER_JOB"
+STEPS_LIMIT = "DF_MAX_STEPS"
+QUEUE_LIMIT = "DF_MAX_QUEUED_JOBS"
+
+
+class JobShape(Protocol):
+    """What the per-job limits read from a request."""
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def steps(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """The caps a new job must fit; 0 means no cap (the default: no limits at all)."""
+
+    max_megapixels_per_job: float = 0.0
+    max_steps: int = 0
+    max_queued_jobs: int = 0
+
+
+NO_LIMITS = JobLimits()
+
+
+class LimitExceeded(DreamForgeError):
+    """The job asks for more than this service allows one job (422: change the request)."""
+
+    code = ErrorCode.limit_exceeded
+    status = 422
+
+    def __init__(self, message: str, *, limit: str, field: str, requested: float, maximum: float) -> None:
+        super().__init__(
+            message, details={"limit": limit, "max": maximum, "requested": requested, "field": field}
+        )
+        self.limit = limit
+
+
+class QueueFull(DreamForgeError):
+    """Too many jobs are waiting; retry the same request after `Retry-After` seconds (429)."""
+
+    code = ErrorCode.queue_full
+    status = 429
+
+    def __init__(self, queued: int, maximum: int, retry_after: int = QUEUE_FULL_RETRY_AFTER_SECONDS) -> None:
+        super().__init__(
+            f"the job queue is full: {queued} job(s) are queued and this service allows at most "
+            f"{maximum} ({QUEUE_LIMIT}); retry in {retry_after} s",
+            details={
+                "limit": QUEUE_LIMIT,
+                "max": maximum,
+                "queued": queued,
+                "retry_after_seconds": retry_after,
+            },
+            headers={"Retry-After": str(retry_after)},
+        )
+        self.retry_after = retry_after
+
+
+def megapixels(pixels: int) -> float:
+    """Pixels in megapixels (10^6 pixels)."""
+    return pixels / 1_000_000
+
+
+def _two_megapixels(requested: int, allowed: int) -> tuple[str, str]:
+    """Both amounts with one decimal, or as many more as it takes for them to read differently."""
+    decimals = 1
+    while decimals < 6 and f"{megapixels(requested):.{decimals}f}" == f"{megapixels(allowed):.{decimals}f}":
+        decimals += 1
+    return f"{megapixels(requested):.{decimals}f}", f"{megapixels(allowed):.{decimals}f}"
+
+
+def check_request(request: JobShape, limits: JobLimits) -> None:
+    """Raise `LimitExceeded` if the request breaks a per-job cap (steps first, then size)."""
+    if limits.max_steps and request.steps > limits.max_steps:
+        raise LimitExceeded(
+            f"steps is {request.steps}; this service allows at most {limits.max_steps} steps per job "
+            f"({STEPS_LIMIT})",
+            limit=STEPS_LIMIT,
+            field="steps",
+            requested=request.steps,
+            maximum=limits.max_steps,
+        )
+    if limits.max_megapixels_per_job:
+        pixels = request.width * request.height * request.count
+        allowed = round(limits.max_megapixels_per_job * 1_000_000)
+        if pixels > allowed:
+            shown, most = _two_megapixels(pixels, allowed)
+            raise LimitExceeded(
+                f"width*height*count is {shown} MP ({request.count} x {request.width}x{request.height}); "
+                f"this service allows at most {most} MP per job ({MEGAPIXELS_LIMIT})",
+                limit=MEGAPIXELS_LIMIT,
+                field="width*height*count",
+                requested=megapixels(pixels),
+                maximum=limits.max_megapixels_per_job,
+            )
+
+
+def check_queue(session: Session, limits: JobLimits) -> None:
+    """Raise `QueueFull` if `max_queued_jobs` jobs already wait.
+
+    A soft cap: concurrent creates may each see one free slot, so the queue can exceed it by at
+    most the number of creates racing at that moment.
+    """
+    if not limits.max_queued_jobs:
+        return
+    queued = jobs_repo.count_queued(session)
+    if queued >= limits.max_queued_jobs:
+        raise QueueFull(queued, limits.max_queued_jobs)
