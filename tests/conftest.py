@@ -282,6 +282,12 @@ def topology_stack(request: pytest.FixtureRequest, topology: str, data_dir: Path
 
 
 @pytest.fixture
+def env(server: Stack, tmp_path: Path) -> dict[str, str]:
+    """A user's shell for the CLI: DF_API_BASE points at the running server."""
+    return cli_env(tmp_path / "client", DF_API_BASE=server.base)
+
+
+@pytest.fixture
 def client(server: Stack) -> Iterator[httpx.Client]:
     """An HTTP client for the running server's /v1."""
     with httpx.Client(base_url=server.base, timeout=30) as c:

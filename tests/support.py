@@ -47,6 +47,36 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subpr
 
 
 @dataclass
+class Run:
+    """One finished CLI run."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    @property
+    def lines(self) -> list[Any]:
+        """stdout as JSON lines (NDJSON)."""
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+    @property
+    def error(self) -> dict[str, Any]:
+        """stderr as the ErrorResponse the CLI prints for an API error."""
+        body: dict[str, Any] = json.loads(self.stderr)
+        return body
+
+
+def df(env: dict[str, str], *args: str) -> Run:
+    """Run `dreamforge ARGS` as a user would, to completion."""
+    done = run_cli(list(args), env)
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+@dataclass
 class DreamforgeProcess:
     """A `dreamforge` subprocess in its own process group, logging to a file in `data_dir`."""
 

@@ -10,53 +10,14 @@ import io
 import json
 import subprocess
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
-from conftest import Stack
 from PIL import Image
-from support import DREAMFORGE, ROOT, cli_env, run_cli, wait_until
+from support import DREAMFORGE, ROOT, df, wait_until
 
 LONG = ["--width", "64", "--height", "64", "--steps", "200", "--count", "3"]
 SMALL = ["--width", "64", "--height", "64", "--steps", "3"]
-
-
-@dataclass
-class Run:
-    """One finished CLI run."""
-
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-    @property
-    def lines(self) -> list[Any]:
-        """stdout as JSON lines (NDJSON)."""
-        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
-
-    @property
-    def error(self) -> dict[str, Any]:
-        """stderr as the ErrorResponse the CLI prints for an API error."""
-        body: dict[str, Any] = json.loads(self.stderr)
-        return body
-
-
-def df(env: dict[str, str], *args: str) -> Run:
-    done: subprocess.CompletedProcess[str] = run_cli(list(args), env)
-    return Run(done.returncode, done.stdout, done.stderr)
-
-
-@pytest.fixture
-def env(server: Stack, tmp_path: Path) -> dict[str, str]:
-    """A user's shell: DF_API_BASE points at the running server."""
-    return cli_env(tmp_path / "client", DF_API_BASE=server.base)
 
 
 def _create(env: dict[str, str], *args: str) -> str:

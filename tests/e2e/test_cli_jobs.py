@@ -7,11 +7,8 @@ Redis + moto's S3, where `--download` fetches presigned S3 URLs.
 from __future__ import annotations
 
 import io
-import json
 import shutil
-import subprocess
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,48 +17,13 @@ import pytest
 from conftest import Stack, register_tiny
 from PIL import Image
 from sqlalchemy import text
-from support import cli_env, free_port, run_cli
+from support import cli_env, df, free_port
 
 from dreamforge.db.session import create_db_engine
 from dreamforge.recipe.embed import read_metadata
 from dreamforge.recipe.infotext import parse_infotext
 
 SMALL = ["--width", "64", "--height", "64", "--steps", "3"]
-
-
-@dataclass
-class Run:
-    """One finished CLI run."""
-
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-    @property
-    def lines(self) -> list[Any]:
-        """stdout as JSON lines (NDJSON)."""
-        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
-
-    @property
-    def error(self) -> dict[str, Any]:
-        """stderr as the ErrorResponse the CLI prints for an API error."""
-        body: dict[str, Any] = json.loads(self.stderr)
-        return body
-
-
-def df(env: dict[str, str], *args: str) -> Run:
-    done: subprocess.CompletedProcess[str] = run_cli(list(args), env)
-    return Run(done.returncode, done.stdout, done.stderr)
-
-
-@pytest.fixture
-def env(server: Stack, tmp_path: Path) -> dict[str, str]:
-    """A user's shell: DF_API_BASE points at the running server."""
-    return cli_env(tmp_path / "client", DF_API_BASE=server.base)
 
 
 def _create_and_wait(env: dict[str, str], *extra: str) -> dict[str, Any]:
