@@ -13,10 +13,13 @@ COMPOSE := docker compose -f compose/docker-compose.yml
 
 install: $(STAMP)
 
+# sd-prompt-reader (a test-only metadata reader) pins pillow==10.3.0, click<8.2 and its desktop app's GUI
+# packages, so it cannot be in the dev extra; its reader core needs only Pillow and piexif: --no-deps.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check '$(TORCH_SPEC)' 'uv>=0.4'
 	$(BIN)/uv pip install -q --python $(PY) -c constraints.txt -e '.[worker,dev]'
+	$(BIN)/uv pip install -q --python $(PY) -c constraints.txt --no-deps sd-prompt-reader
 	touch $(STAMP)
 
 uv-sync: install
