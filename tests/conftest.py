@@ -187,9 +187,9 @@ class Stack:
 
 
 @contextmanager
-def embedded_stack(data_dir: Path, tiny_model_dir: Path) -> Iterator[Stack]:
+def embedded_stack(data_dir: Path, tiny_model_dir: Path, **extra: str) -> Iterator[Stack]:
     """`dreamforge serve` alone: SQLite, local artifacts, the in-process worker."""
-    env = make_server_env(data_dir, tiny_model_dir)
+    env = make_server_env(data_dir, tiny_model_dir, **extra)
     stack = Stack("embedded", ServerProcess(data_dir=data_dir, env=env).start(), env)
     try:
         yield stack

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
 
     # Seconds between SSE keep-alive comments while a job is idle.
     sse_ping_seconds: float = Field(default=15.0, gt=0)
+    # Open progress streams this API process serves in all, and for one job; beyond, 429 too_many_streams.
+    # Streams of a job share one database read per batch of events, so these bound memory and sockets.
+    sse_max_streams: int = Field(default=2000, ge=1)
+    sse_max_streams_per_job: int = Field(default=1000, ge=1)
 
     @property
     def database_url(self) -> str:

@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
     not_ready = "not_ready"
     # API answers: jobs.
     queue_full = "queue_full"
+    too_many_streams = "too_many_streams"
     limit_exceeded = "limit_exceeded"
     idempotency_key_reused = "idempotency_key_reused"
     unknown_provider = "unknown_provider"
@@ -139,6 +140,12 @@ CATALOG: dict[ErrorCode, CodeInfo] = {
     ),
     ErrorCode.queue_full: _info(
         429, True, _API, "`DF_MAX_QUEUED_JOBS` jobs are queued; retry after the `Retry-After` seconds."
+    ),
+    ErrorCode.too_many_streams: _info(
+        429,
+        True,
+        _API,
+        "`DF_SSE_MAX_STREAMS` or `DF_SSE_MAX_STREAMS_PER_JOB` streams are open; retry after `Retry-After`.",
     ),
     ErrorCode.limit_exceeded: _info(
         422, False, _API, "The job asks for more than `DF_MAX_STEPS` or `DF_MAX_MEGAPIXELS_PER_JOB` allow."

@@ -1,25 +1,27 @@
 """The job event stream over Server-Sent Events (sse-starlette).
 
-Events are read from the database, never from memory, so a late subscriber gets the whole
-history and a reconnect with `Last-Event-ID` resumes exactly after that event. Notifications
-only say "look again"; a slow poll covers any that were missed.
+Events come from the database, so a late subscriber gets the whole history and a reconnect with
+`Last-Event-ID` resumes exactly after that event. Each process reads a job's events once and
+fans them out to all of that job's streams from memory (`events.feed`), so watchers never slow
+the job they watch; the number of streams is bounded per job and per process.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import Response
-from sqlalchemy.orm import Session
+from fastapi import Depends, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from dreamforge.api.errors import not_found
 from dreamforge.api.views import artifact_view
-from dreamforge.db.tables import JobEvent
+from dreamforge.db import tables
+from dreamforge.events.feed import FeedHub, Loader
 from dreamforge.events.kinds import EventKind
 from dreamforge.events.repository import events_after
 from dreamforge.jobs import repository as jobs_repo
@@ -29,23 +31,77 @@ from dreamforge.runtime import Runtime
 POLL_SECONDS = 1.0
 
 
-def _render(session: Session, runtime: Runtime, base_url: str, event: JobEvent) -> dict[str, Any]:
-    data: dict[str, Any] = {"job_id": str(event.job_id), "ts": event.ts.isoformat(), **event.data}
-    if event.item_index is not None:
-        data["item_index"] = event.item_index
-    if event.kind == EventKind.artifact:
-        # The stored event names the artifact; its URL is signed now, so it is never stale.
-        row = jobs_repo.get_artifact_for_item(session, event.job_id, event.item_index or 0)
-        if row is not None:
-            data["artifact"] = artifact_view(row, runtime.store, base_url).model_dump(mode="json")
-    return data
+@dataclass(frozen=True)
+class StreamEvent:
+    """An event as every stream of the job sends it; only artifact URLs are signed per stream."""
+
+    id: int
+    kind: str
+    data: dict[str, Any]
+    # The SSE frame, encoded once for all streams (None for artifact events, whose URL is per stream).
+    frame: bytes | None
+    artifact: tables.Artifact | None = None
+
+    @property
+    def final(self) -> bool:
+        """The `done` event ends every stream of the job."""
+        return self.kind == EventKind.done
+
+    def render(self, runtime: Runtime, base_url: str) -> bytes:
+        """The SSE frame for a stream whose clients reach the API at `base_url`."""
+        if self.frame is not None:
+            return self.frame
+        data = dict(self.data)
+        if self.artifact is not None:
+            # Signed now, for this stream: a late subscriber never gets a stale URL.
+            data["artifact"] = artifact_view(self.artifact, runtime.store, base_url).model_dump(mode="json")
+        return _frame(self.id, self.kind, data)
 
 
-def _fetch(
-    runtime: Runtime, base_url: str, job_id: uuid.UUID, after: int
-) -> list[tuple[int, str, dict[str, Any]]]:
-    with runtime.sessions() as s:
-        return [(r.id, r.kind, _render(s, runtime, base_url, r)) for r in events_after(s, job_id, after)]
+def _frame(event_id: int, kind: str, data: dict[str, Any]) -> bytes:
+    return ServerSentEvent(
+        data=json.dumps(data, separators=(",", ":")), event=kind, id=str(event_id)
+    ).encode()
+
+
+def event_loader(runtime: Runtime) -> Loader[StreamEvent]:
+    """Reads a job's new events (and the artifacts they announce) for the feeds: one query per batch."""
+
+    def load(job_id: uuid.UUID, after: int) -> Sequence[StreamEvent]:
+        with runtime.sessions() as s:
+            out = []
+            for row in events_after(s, job_id, after):
+                data: dict[str, Any] = {"job_id": str(row.job_id), "ts": row.ts.isoformat(), **row.data}
+                if row.item_index is not None:
+                    data["item_index"] = row.item_index
+                if row.kind == EventKind.artifact:
+                    artifact = jobs_repo.get_artifact_for_item(s, job_id, row.item_index or 0)
+                    out.append(StreamEvent(row.id, row.kind, data, None, artifact))
+                else:
+                    out.append(StreamEvent(row.id, row.kind, data, _frame(row.id, row.kind, data)))
+            return out
+
+    return load
+
+
+def get_feeds(request: Request) -> FeedHub[StreamEvent]:
+    """This process's feeds, made on first use (they live on the API's event loop)."""
+    feeds: FeedHub[StreamEvent] | None = getattr(request.app.state, "feeds", None)
+    if feeds is None:
+        runtime: Runtime = request.app.state.runtime
+        settings = runtime.settings
+        feeds = FeedHub(
+            event_loader(runtime),
+            runtime.notifier,
+            max_streams=settings.sse_max_streams,
+            max_streams_per_job=settings.sse_max_streams_per_job,
+            poll_seconds=POLL_SECONDS,
+        )
+        request.app.state.feeds = feeds
+    return feeds
+
+
+FeedsDep = Annotated[FeedHub[StreamEvent], Depends(get_feeds)]
 
 
 def _job_exists(runtime: Runtime, job_id: uuid.UUID) -> bool:
@@ -53,28 +109,21 @@ def _job_exists(runtime: Runtime, job_id: uuid.UUID) -> bool:
         return jobs_repo.get_job(s, job_id) is not None
 
 
-async def stream_job_events(runtime: Runtime, job_id: uuid.UUID, after: int, base_url: str) -> Response:
+async def stream_job_events(
+    runtime: Runtime, feeds: FeedHub[StreamEvent], job_id: uuid.UUID, after: int, base_url: str
+) -> Response:
     """An SSE response for `job_id` starting after event id `after` (0: from the beginning)."""
     if not await run_in_threadpool(_job_exists, runtime, job_id):
         raise not_found("job", job_id)
+    # Checked here so a refusal is an ErrorResponse; the stream is counted once it starts, so a
+    # burst of simultaneous requests may pass the bound by the few still starting.
+    feeds.check_capacity(job_id)
 
-    async def events() -> AsyncIterator[ServerSentEvent]:
-        subscription = runtime.notifier.subscribe(job_id)
-        cursor = after
-        try:
-            while True:
-                batch = await run_in_threadpool(_fetch, runtime, base_url, job_id, cursor)
-                for event_id, kind, data in batch:
-                    cursor = event_id
-                    yield ServerSentEvent(
-                        data=json.dumps(data, separators=(",", ":")), event=kind, id=str(event_id)
-                    )
-                    if kind == EventKind.done:
-                        return
-                if not batch:
-                    await subscription.wait(POLL_SECONDS)
-        finally:
-            subscription.close()
+    async def events() -> AsyncIterator[bytes]:
+        async with feeds.feed(job_id) as feed:
+            # Frames are encoded once per process; a stream sends what has arrived in one write.
+            async for batch in feed.follow(after):
+                yield b"".join(event.render(runtime, base_url) for event in batch)
 
     return EventSourceResponse(
         events(),

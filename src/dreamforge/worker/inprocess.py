@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sys
 import threading
 import uuid
 
@@ -18,6 +19,8 @@ from dreamforge.worker.runner import DEVICE_FAULT_EXIT_CODE, run_job
 
 log = logging.getLogger(__name__)
 
+RENDER_SWITCH_INTERVAL_SECONDS = 0.0005
+
 
 class InProcessRunner:
     """A `Dispatcher` that runs jobs on a background thread of this process."""
@@ -29,6 +32,9 @@ class InProcessRunner:
 
     def start(self) -> None:
         """Settle jobs a previous process left running, queue every queued job, start the thread."""
+        # The render thread shares the interpreter lock with the API's event loop; a short switch
+        # interval hands it back within 0.5 ms instead of 5 ms when many streams keep the loop busy.
+        sys.setswitchinterval(RENDER_SWITCH_INTERVAL_SECONDS)
         with transaction(self.ctx.sessions) as s:
             requeued, failed = settle_interrupted(s, self.ctx.settings.max_attempts)
             pending = [job.id for job in jobs_repo.jobs_in_status(s, JobStatus.queued)]

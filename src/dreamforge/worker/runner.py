@@ -216,6 +216,7 @@ class _JobRun:
     def _start_batch(self, indexes: list[int], recorded: dict[int, int | None]) -> list[_Item]:
         """Draw (or reuse) the batch's seeds and record them before anything renders."""
         strategy = SeedStrategy(self.params.get("seed_strategy", SeedStrategy.random))
+        # Item 0 renders in the first batch, so its seed is recorded before any other item needs it.
         first = recorded.get(0)
         if first is None:
             first = recorded[0] = first_seed(self.params.get("seed"))
@@ -234,10 +235,6 @@ class _JobRun:
                 log_event(
                     s, self.job_id, "info", f"item {item.index}: rendering with seed {item.seed}", item.index
                 )
-            # Item 0's seed is what the strategies derive from: keep it even if item 0 is done.
-            zero = jobs_repo.get_item(s, self.job_id, 0)
-            if zero is not None and zero.seed is None:
-                zero.seed = first
         return batch
 
     def _retry_smaller(self, batch: list[_Item], batch_size: int, exc: OutOfMemory) -> None:

@@ -19,7 +19,7 @@ from dreamforge.api.schemas import (
     JobStatusResponse,
     ProgressResponse,
 )
-from dreamforge.api.sse import stream_job_events
+from dreamforge.api.sse import FeedsDep, stream_job_events
 from dreamforge.api.views import artifact_view, created_view, job_view, log_view, progress_view
 from dreamforge.db.tables import Job
 from dreamforge.error_codes import ErrorCode
@@ -223,12 +223,18 @@ def progress(id: uuid.UUID, session: SessionDep) -> ProgressResponse:
         },
         **NOT_FOUND,
         **INVALID,
+        429: {
+            **ERROR_BODY,
+            "description": "`too_many_streams`: the per-job or per-process stream bound is reached; "
+            "retry after `Retry-After` seconds",
+        },
         **UNAVAILABLE,
     },
 )
 async def stream(
     id: uuid.UUID,
     runtime: RuntimeDep,
+    feeds: FeedsDep,
     base_url: BaseUrlDep,
     last_event_id: Annotated[
         str | None, Header(alias="Last-Event-ID", description="Resume after this event id")
@@ -246,4 +252,4 @@ async def stream(
                 "Last-Event-ID must be an event id from this stream",
                 {"field": "Last-Event-ID", "value": last_event_id},
             ) from None
-    return await stream_job_events(runtime, id, after, base_url)
+    return await stream_job_events(runtime, feeds, id, after, base_url)
