@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import json
+from typing import Any
+
+import piexif
+import piexif.helper
+from PIL import Image
+
 APP1 = 0xE1
 COM = 0xFE
 _SOS = 0xDA
@@ -29,3 +37,18 @@ def jpeg_segments(data: bytes) -> list[tuple[int, bytes]]:
             break
         pos += 2 + length
     return segments
+
+
+def legacy_jpeg(image: Image.Image, infotext: str, recipe: dict[str, Any]) -> bytes:
+    """A JPEG as the pre-XMP writer made it: EXIF UserComment in APP1, the recipe in a COM segment."""
+    out = io.BytesIO()
+    image.save(
+        out,
+        format="JPEG",
+        quality=95,
+        exif=piexif.dump(
+            {"Exif": {piexif.ExifIFD.UserComment: piexif.helper.UserComment.dump(infotext, "unicode")}}
+        ),
+        comment=b"dreamforge-recipe:" + json.dumps(recipe, sort_keys=True).encode(),
+    )
+    return out.getvalue()

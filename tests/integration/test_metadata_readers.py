@@ -11,14 +11,11 @@ Pillow and piexif, no display; its GUI modules (customtkinter, tkinterdnd2) are 
 from __future__ import annotations
 
 import io
-import json
 import uuid
 from typing import Any
 
-import piexif
-import piexif.helper
 import pytest
-from jpeg_segments import APP1, COM, jpeg_segments
+from jpeg_segments import APP1, COM, jpeg_segments, legacy_jpeg
 from PIL import Image
 from sd_parsers import ParserManager
 from sd_parsers.data import Generators
@@ -152,18 +149,7 @@ def test_jpeg_has_no_com_segment_and_our_reader_gets_the_same_recipe_from_both()
 @pytest.mark.filterwarnings("ignore:The 'warn' method is deprecated:DeprecationWarning")
 def test_the_old_com_form_is_what_sd_prompt_reader_could_not_read() -> None:
     _, infotext, recipe = _render("jpg")
-    out = io.BytesIO()
-    # The bytes the pre-XMP writer produced: EXIF UserComment in APP1, recipe in a COM segment.
-    Image.new("RGB", (WIDTH, HEIGHT)).save(
-        out,
-        format="JPEG",
-        quality=95,
-        exif=piexif.dump(
-            {"Exif": {piexif.ExifIFD.UserComment: piexif.helper.UserComment.dump(infotext, "unicode")}}
-        ),
-        comment=b"dreamforge-recipe:" + json.dumps(recipe, sort_keys=True).encode(),
-    )
-    legacy = out.getvalue()
+    legacy = legacy_jpeg(Image.new("RGB", (WIDTH, HEIGHT)), infotext, recipe)
     assert ImageDataReader(io.BytesIO(legacy)).status is BaseFormat.Status.FORMAT_ERROR
     meta = read_metadata(legacy)
     assert (meta.infotext, meta.recipe) == (infotext, recipe)

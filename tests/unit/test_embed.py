@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import piexif
 import piexif.helper
-from jpeg_segments import APP1, COM, jpeg_segments
+from jpeg_segments import APP1, COM, jpeg_segments, legacy_jpeg
 from PIL import Image
 
 from dreamforge.recipe.embed import XMP_NS, EmbeddedMetadata, encode_image, read_metadata
@@ -61,18 +61,7 @@ def test_jpeg_recipe_is_xmp_after_exif_and_there_is_no_com_segment() -> None:
 
 
 def test_jpeg_with_a_com_recipe_from_before_xmp_still_reads() -> None:
-    # The bytes the pre-XMP writer produced: EXIF UserComment in APP1, recipe in a COM segment.
-    out = io.BytesIO()
-    _image().save(
-        out,
-        format="JPEG",
-        quality=95,
-        exif=piexif.dump(
-            {"Exif": {piexif.ExifIFD.UserComment: piexif.helper.UserComment.dump(INFOTEXT, "unicode")}}
-        ),
-        comment=b"dreamforge-recipe:" + json.dumps(RECIPE, sort_keys=True).encode(),
-    )
-    data = out.getvalue()
+    data = legacy_jpeg(_image(), INFOTEXT, RECIPE)
     assert [m for m, _ in jpeg_segments(data) if m in (APP1, COM)] == [APP1, COM]
     meta = read_metadata(data)
     assert (meta.infotext, meta.recipe) == (INFOTEXT, RECIPE)
