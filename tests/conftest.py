@@ -253,7 +253,7 @@ def make_server_env(data_dir: Path, tiny_model_dir: Path, **extra: str) -> dict[
     """Environment of an embedded server in `data_dir` whose registry holds the tiny model."""
     data_dir.mkdir(parents=True, exist_ok=True)
     register_tiny(f"sqlite:///{data_dir / 'dreamforge.db'}", tiny_model_dir)
-    return cli_env(data_dir, DF_SIGNING_SECRET="e2e-secret", DF_SSE_PING_SECONDS="1", **extra)
+    return cli_env(data_dir, **{"DF_SIGNING_SECRET": "e2e-secret", "DF_SSE_PING_SECONDS": "1", **extra})
 
 
 @pytest.fixture(scope="module", params=["embedded", "distributed"])

@@ -26,8 +26,8 @@ from dreamforge.events.notifier import Notifier
 log = logging.getLogger(__name__)
 
 # After a batch, the feed lets new events gather for this long per open stream (capped), so a
-# crowd of watchers gets fewer, larger writes and leaves the CPU to the job; one watcher waits 1 ms.
-COALESCE_SECONDS_PER_STREAM = 0.001
+# crowd of watchers gets fewer, larger writes and leaves the CPU to the job; one watcher waits 2 ms.
+COALESCE_SECONDS_PER_STREAM = 0.002
 COALESCE_MAX_SECONDS = 0.25
 # A stream refused for capacity is told to come back after this many seconds.
 RETRY_AFTER_SECONDS = 5
