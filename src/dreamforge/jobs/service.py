@@ -24,12 +24,12 @@ from dreamforge.events.repository import add_event
 from dreamforge.jobs import repository as jobs_repo
 from dreamforge.jobs.dispatch import BrokerUnavailable, Dispatcher
 from dreamforge.jobs.lifecycle import request_cancel
-from dreamforge.jobs.limits import NO_LIMITS, JobLimits, check_queue, check_request
+from dreamforge.jobs.limits import NO_LIMITS, JobLimits, JobShape, check_queue, check_request
 from dreamforge.jobs.state import JobStatus
 from dreamforge.registry.selection import resolve_model
 
 
-class JobRequest(Protocol):
+class JobRequest(JobShape, Protocol):
     """What accepting a job reads from a validated request (the API's `JobCreateRequest`)."""
 
     @property
@@ -40,18 +40,6 @@ class JobRequest(Protocol):
 
     @property
     def model_id(self) -> uuid.UUID | None: ...
-
-    @property
-    def count(self) -> int: ...
-
-    @property
-    def width(self) -> int: ...
-
-    @property
-    def height(self) -> int: ...
-
-    @property
-    def steps(self) -> int: ...
 
     def model_dump(self, *, mode: str = ...) -> dict[str, Any]:
         """Every parameter with defaults filled in; `mode="json"` for what the job row stores."""

@@ -123,17 +123,21 @@ class _JobRun:
 
     def check(self) -> None:
         """Stop between steps if the job was canceled or taken away, the worker stops, or time ran out."""
-        if self.lease.lost.is_set():
-            raise JobLost
-        if self.ctx.stopping.is_set():
-            raise JobInterrupted
+        self._check_worker()
         now = time.monotonic()
         if now - self._cancel_checked >= CANCEL_POLL_SECONDS:
             self._cancel_checked = now
             with self.ctx.sessions() as s:
                 if jobs_repo.cancel_requested(s, self.job_id):
                     raise JobCanceled
-        if now > self.deadline:
+
+    def _check_worker(self) -> None:
+        """The checks that need no database: lease lost, worker stopping, time limit."""
+        if self.lease.lost.is_set():
+            raise JobLost
+        if self.ctx.stopping.is_set():
+            raise JobInterrupted
+        if time.monotonic() > self.deadline:
             raise EngineError(
                 ErrorCode.time_limit_exceeded,
                 f"the job ran longer than {self.ctx.settings.job_time_limit_seconds}s",
@@ -275,19 +279,25 @@ class _JobRun:
 
         def on_step(step: int, total: int) -> None:
             nonlocal last_emit
-            self.check()
+            self._check_worker()
             now = time.monotonic()
-            if 1 < step < total and now - last_emit < PROGRESS_INTERVAL_SECONDS:
-                return
-            last_emit = now
-            item_progress = DENOISE_WEIGHT * step / max(total, 1)
-            overall = (done_before + item_progress * len(batch)) / self.count
-            with transaction(self.ctx.sessions) as s:
-                for item in batch:
-                    row = jobs_repo.get_item(s, self.job_id, item.index)
-                    if row is not None:
-                        row.progress = item_progress
-                    self._progress_event(s, item.index, item_progress, step, total, overall)
+            if not (1 < step < total and now - last_emit < PROGRESS_INTERVAL_SECONDS):
+                last_emit = now
+                item_progress = DENOISE_WEIGHT * step / max(total, 1)
+                overall = (done_before + item_progress * len(batch)) / self.count
+                with transaction(self.ctx.sessions) as s:
+                    for item in batch:
+                        row = jobs_repo.get_item(s, self.job_id, item.index)
+                        if row is not None:
+                            row.progress = item_progress
+                        self._progress_event(s, item.index, item_progress, step, total, overall)
+                    # The cancel flag rides on the progress write: one round trip per interval, not two.
+                    canceled = jobs_repo.cancel_requested(s, self.job_id)
+                self._cancel_checked = now
+                if canceled:
+                    raise JobCanceled
+            else:
+                self.check()
 
         return engine.render(spec, request, [item.seed for item in batch], on_step)
 
