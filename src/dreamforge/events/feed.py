@@ -17,8 +17,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Generic, Protocol, TypeVar
 
-from starlette.concurrency import run_in_threadpool
-
 from dreamforge.error_codes import ErrorCode
 from dreamforge.errors import DreamForgeError
 from dreamforge.events.notifier import Notifier
@@ -94,7 +92,8 @@ class JobFeed(Generic[T]):
             while not self._finished:
                 cursor = self._ids[-1] if self._ids else 0
                 try:
-                    batch = await run_in_threadpool(self._load, self.job_id, cursor)
+                    # A thread: the loader blocks on the database; events/ stays free of the web framework.
+                    batch = await asyncio.to_thread(self._load, self.job_id, cursor)
                 except Exception as exc:
                     # The database is away: streams wait, and the next poll tries again.
                     log.warning("job %s: events not read (%s); retrying", self.job_id, exc)
