@@ -1,6 +1,7 @@
 # Dream Forge developer workflow. Targets follow Masters 10 §3; tools run from ./.venv.
 # torch is installed with pip before the rest: uv does not see the CPU wheel our machines carry
-# and would resolve a multi-GB CUDA build. On a CUDA box: make install TORCH_SPEC='torch>=2.4'.
+# and would resolve a multi-GB CUDA build. On a CUDA box: make install TORCH_SPEC='torch==2.13.0' (PyPI's
+# build is CUDA; constraints.txt pins torchvision to the release made for that torch).
 
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -20,6 +20,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from support import ServerProcess, WorkerProcess, cli_env
 
+# Test modules import transformers and diffusers, which import torchvision: make it importable first.
+import dreamforge.engines.torchvision_compat  # noqa: F401
 from dreamforge.api.schemas import DEFAULT_PROVIDER, JobCreateRequest
 from dreamforge.config import Settings
 from dreamforge.db.migrate import upgrade_to_head

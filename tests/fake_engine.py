@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from dreamforge import __version__
-from dreamforge.engines.base import EngineError, ModelSpec, RenderRequest, StepCallback
+from dreamforge.engines.base import EngineError, ModelSpec, RefineRequest, RenderRequest, StepCallback
 from dreamforge.error_codes import ErrorCode
 
 
@@ -52,6 +52,53 @@ class FakeEngine:
             for seed in seeds
         ]
 
+    def refine(
+        self,
+        model: ModelSpec,
+        request: RenderRequest,
+        image: Image.Image,
+        seed: int,
+        refine: RefineRequest,
+        on_step: StepCallback,
+    ) -> Image.Image:
+        """`image` with seeded noise mixed in by `denoise`, after reporting each executed step."""
+        self.load(model)
+        total = refine.executed_steps
+        for step in range(1, total + 1):
+            on_step(step, total)
+        noise = Image.frombytes(
+            "RGB", image.size, random.Random(seed).randbytes(image.width * image.height * 3)
+        )
+        return Image.blend(image.convert("RGB"), noise, refine.denoise)
+
     def runtime_info(self) -> dict[str, str]:
         """What the recipe records about the engine."""
         return {"dreamforge": __version__, "device": "cpu", "dtype": "none", "rng_device": "cpu"}
+
+
+class FakeUpscaler:
+    """Enlarges with nearest-neighbour resampling, one step per call; counts its calls."""
+
+    def __init__(self) -> None:
+        self.loaded: ModelSpec | None = None
+        self.calls = 0
+
+    def load(self, model: ModelSpec) -> float:
+        """Check the file is on disk; 0 when it is already 'loaded'."""
+        if not Path(model.path).exists():
+            raise EngineError(ErrorCode.model_files_missing, f"upscaler {model.name!r} is missing")
+        if self.loaded == model:
+            return 0.0
+        self.loaded = model
+        return 0.01
+
+    def upscale(self, model: ModelSpec, image: Image.Image, scale: int, on_step: StepCallback) -> Image.Image:
+        """`image` at `scale` times its size."""
+        self.load(model)
+        self.calls += 1
+        on_step(1, 1)
+        return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+
+    def runtime_info(self) -> dict[str, str]:
+        """What the recipe records about the upscaler."""
+        return {"dreamforge": __version__, "device": "cpu", "architecture": "fake"}

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     vae_model: str = ""
     # CUDA only: above this many megapixels per image the VAE decodes in tiles (less VRAM, slower).
     vae_tiling_megapixels: float = Field(default=4.2, gt=0)
+    # Upscaler input tile side in pixels: larger images are upscaled in overlapping tiles of this size,
+    # so a 4x model's activations stay within VRAM. 0 never tiles.
+    upscale_tile: int = Field(default=512, ge=0, le=4096)
     # Restart a Celery worker process after this many jobs (0: never), for long-running GPU boxes.
     worker_max_jobs: int = Field(default=0, ge=0)
 

@@ -41,6 +41,7 @@ class ErrorCode(StrEnum):
     unknown_provider = "unknown_provider"
     model_unavailable = "model_unavailable"
     no_model_installed = "no_model_installed"
+    no_upscaler_installed = "no_upscaler_installed"
     job_finished = "job_finished"
     illegal_transition = "illegal_transition"
     # API answers: signed artifact URLs.
@@ -62,6 +63,7 @@ class ErrorCode(StrEnum):
     auth_required = "auth_required"
     checksum_mismatch = "checksum_mismatch"
     not_a_model = "not_a_model"
+    not_an_upscaler = "not_an_upscaler"
     transfer_failed = "transfer_failed"
     unsafe_file = "unsafe_file"
     model_name_taken = "model_name_taken"
@@ -168,6 +170,12 @@ CATALOG: dict[ErrorCode, CodeInfo] = {
     ErrorCode.no_model_installed: _info(
         422, False, _API, "No model is installed at all; the message says how to install one."
     ),
+    ErrorCode.no_upscaler_installed: _info(
+        422,
+        False,
+        _API,
+        "The job asks for `upscale` but no upscaler is installed and enabled; the message says how.",
+    ),
     ErrorCode.job_finished: _info(
         409, False, _API, "The job already succeeded or failed: nothing to cancel."
     ),
@@ -232,6 +240,9 @@ CATALOG: dict[ErrorCode, CodeInfo] = {
     ),
     ErrorCode.not_a_model: _info(
         502, False, _CLI, "The source sent a web page or an error instead of a safetensors checkpoint."
+    ),
+    ErrorCode.not_an_upscaler: _info(
+        422, False, _CLI, "The file holds no RGB super-resolution model that spandrel recognises."
     ),
     ErrorCode.transfer_failed: _info(
         502, True, _CLI, "Every try of a download failed transiently; running the command again resumes it."

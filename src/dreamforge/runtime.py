@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dreamforge.config import Settings
 from dreamforge.db.migrate import upgrade_to_head
 from dreamforge.db.session import announce_commits, create_db_engine, make_session_factory
-from dreamforge.engines.base import DEFAULT_PROVIDER, EngineFactory
+from dreamforge.engines.base import DEFAULT_PROVIDER, EngineFactory, Upscaler, UpscalerFactory
 from dreamforge.engines.base import Engine as RenderEngine
 from dreamforge.events.notifier import LocalNotifier, Notifier, RedisNotifier
 from dreamforge.jobs.dispatch import Dispatcher
@@ -134,6 +134,17 @@ def engine_providers(settings: Settings) -> dict[str, EngineFactory]:
     return {DEFAULT_PROVIDER: sdxl}
 
 
+def make_upscaler(settings: Settings) -> UpscalerFactory:
+    """How to make this process's upscaler (torch and spandrel are imported on first use)."""
+
+    def spandrel() -> Upscaler:
+        from dreamforge.engines.upscale import SpandrelUpscaler
+
+        return SpandrelUpscaler(device=settings.device, dtype=settings.dtype, tile=settings.upscale_tile)
+
+    return spandrel
+
+
 def _database_check(engine: Engine) -> Check:
     def check() -> None:
         with engine.connect() as conn:
@@ -187,7 +198,11 @@ class _Parts:
         from dreamforge.worker.context import WorkerContext
 
         return WorkerContext(
-            settings=self.settings, sessions=self.sessions, store=self.store, engines=self.providers
+            settings=self.settings,
+            sessions=self.sessions,
+            store=self.store,
+            engines=self.providers,
+            upscalers=make_upscaler(self.settings),
         )
 
 

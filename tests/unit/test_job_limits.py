@@ -29,6 +29,8 @@ class Shape:
     height: int = 1024
     count: int = 1
     steps: int = 30
+    output_scale: int = 1
+    refine_steps: int = 0
 
 
 DEFAULTS = Settings(_env_file=None)

@@ -6,15 +6,21 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The domain's vocabulary, part of the contract; re-exported so clients import it from here.
-from dreamforge.engines.base import DEFAULT_PROVIDER, Scheduler
+from dreamforge.engines.base import DEFAULT_PROVIDER, Scheduler, UpscaleMethod
 from dreamforge.jobs.seeds import SeedStrategy
 from dreamforge.jobs.state import JobStatus
 from dreamforge.storage.base import ImageFormat
 
-__all__ = ["DEFAULT_PROVIDER", "ImageFormat", "JobStatus", "Scheduler", "SeedStrategy"]
+__all__ = ["DEFAULT_PROVIDER", "ImageFormat", "JobStatus", "Scheduler", "SeedStrategy", "UpscaleMethod"]
+
+# The largest side a job's delivered images may have, before and after upscaling.
+MAX_SIDE = 4096
+# `refine`'s defaults when the request leaves them out (A1111's hires-fix habits for SDXL).
+DEFAULT_REFINE_DENOISE = 0.35
+DEFAULT_REFINE_STEPS = 20
 
 
 class ErrorResponse(BaseModel):
@@ -42,6 +48,64 @@ class ReadinessResponse(BaseModel):
 
 
 _MULTIPLE_OF_8: dict[str, Any] = {"multipleOf": 8}
+
+
+class UpscaleRequest(BaseModel):
+    """Enlarge every image after it is generated (the job's `upscale` step).
+
+    `method: model` runs a super-resolution model (ESRGAN family) alone. `method: refine` runs it,
+    then an SDXL img2img pass over the result (A1111's hires fix): `steps` is that pass's schedule
+    and `int(steps * denoise)` of its steps run. The delivered image is `scale` times the requested
+    `width` and `height`, which must stay within 4096 per side.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    scale: Literal[2, 4] = Field(description="Output size over the generated size.")
+    method: UpscaleMethod = UpscaleMethod.model
+    upscaler_model_id: uuid.UUID | None = Field(
+        default=None, description="An installed `upscaler` model; default: the newest enabled one."
+    )
+    denoise: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description=f"`refine` only: how much the img2img pass changes (default {DEFAULT_REFINE_DENOISE}).",
+    )
+    steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=200,
+        description=f"`refine` only: the img2img pass's schedule length (default {DEFAULT_REFINE_STEPS}).",
+    )
+    keep_base: bool = Field(
+        default=False, description="Also store each generated image before upscaling (`stage: base`)."
+    )
+
+    @model_validator(mode="after")
+    def _refine_fields(self) -> UpscaleRequest:
+        if self.method is UpscaleMethod.model:
+            given = [name for name in ("denoise", "steps") if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"{' and '.join(given)} apply to method 'refine' only")
+            return self
+        denoise = DEFAULT_REFINE_DENOISE if self.denoise is None else self.denoise
+        steps = DEFAULT_REFINE_STEPS if self.steps is None else self.steps
+        if int(steps * denoise) < 1:
+            raise ValueError(
+                f"denoise {denoise} over {steps} steps runs no denoising step (int(steps * denoise) is 0)"
+            )
+        return self
+
+    @property
+    def refine_denoise(self) -> float:
+        """The img2img pass's strength, its default filled in."""
+        return DEFAULT_REFINE_DENOISE if self.denoise is None else self.denoise
+
+    @property
+    def refine_steps(self) -> int:
+        """The img2img pass's schedule length, its default filled in."""
+        return DEFAULT_REFINE_STEPS if self.steps is None else self.steps
 
 
 class JobCreateRequest(BaseModel):
@@ -85,6 +149,39 @@ class JobCreateRequest(BaseModel):
         default=False, description="Render each item alone: bit-identical to its `count=1` render, slower."
     )
     model_id: uuid.UUID | None = None
+    upscale: UpscaleRequest | None = Field(
+        default=None, description="Enlarge each image after generation: a second step, `upscale`."
+    )
+
+    @property
+    def output_scale(self) -> int:
+        """How many times larger than `width`x`height` the delivered images are."""
+        return self.upscale.scale if self.upscale else 1
+
+    @property
+    def refine_steps(self) -> int:
+        """The schedule length of the `refine` pass (0 without one), for the steps limit."""
+        if self.upscale is None or self.upscale.method is not UpscaleMethod.refine:
+            return 0
+        return self.upscale.refine_steps
+
+    @model_validator(mode="after")
+    def _output_fits(self) -> JobCreateRequest:
+        scale = self.output_scale
+        if scale > 1 and max(self.width, self.height) * scale > MAX_SIDE:
+            raise ValueError(
+                f"upscale.scale {scale} makes {self.width * scale}x{self.height * scale} images; "
+                f"each side may be at most {MAX_SIDE} (lower width/height or the scale)"
+            )
+        return self
+
+    def model_dump_stored(self) -> dict[str, Any]:
+        """The parameters a job row stores: `model_dump(mode="json")` with `refine`'s defaults filled in."""
+        data = self.model_dump(mode="json")
+        if self.upscale is not None and self.upscale.method is UpscaleMethod.refine:
+            data["upscale"]["denoise"] = self.upscale.refine_denoise
+            data["upscale"]["steps"] = self.upscale.refine_steps
+        return data
 
     @field_validator("width", "height")
     @classmethod
@@ -120,10 +217,10 @@ class JobCreatedResponse(BaseModel):
 
 
 class JobStep(BaseModel):
-    """One step of a job's recipe (MVP: a single `generate` step)."""
+    """One step of a job's recipe: `generate`, then `upscale` when the job asks for it."""
 
     name: str
-    status: str
+    status: str = Field(description="A job status: `queued`, `running`, `succeeded`, `failed`, `canceled`.")
 
 
 class JobCounts(BaseModel):
@@ -169,6 +266,10 @@ class Artifact(BaseModel):
     height: int
     seed: int | None = None
     item_index: int
+    stage: Literal["final", "base"] = Field(
+        default="final",
+        description="`final`: the delivered image; `base`: the image before upscaling (`upscale.keep_base`).",
+    )
     s3_key: str
     url: str | None = Field(default=None, description="Signed URL for a GET; valid until `expires_at`.")
     expires_at: datetime | None = None
@@ -190,6 +291,9 @@ class ProgressItem(BaseModel):
     progress: float = Field(ge=0, le=1)
     status: str | None = None
     seed: int | None = None
+    stage: str | None = Field(
+        default=None, description="The stage the item is in or last ran (a `stages[].name`)."
+    )
 
 
 class Stage(BaseModel):
@@ -224,8 +328,9 @@ class ModelSummary(BaseModel):
 
     id: uuid.UUID
     name: str
-    kind: Literal["sdxl-checkpoint", "remote-api"]
+    kind: Literal["sdxl-checkpoint", "upscaler", "remote-api"]
     version: str | None = None
+    scale: int | None = Field(default=None, description="An `upscaler`'s native scale (2 or 4, ...).")
     installed: bool
     enabled: bool
     parameters_schema: dict[str, Any] = Field(default_factory=dict)

@@ -75,7 +75,7 @@ def event_loader(runtime: Runtime) -> Loader[StreamEvent]:
                 if row.item_index is not None:
                     data["item_index"] = row.item_index
                 if row.kind == EventKind.artifact:
-                    artifact = jobs_repo.get_artifact_for_item(s, job_id, row.item_index or 0)
+                    artifact = jobs_repo.get_artifact(s, uuid.UUID(row.data["artifact_id"]))
                     out.append(StreamEvent(row.id, row.kind, data, None, artifact))
                 else:
                     out.append(StreamEvent(row.id, row.kind, data, _frame(row.id, row.kind, data)))

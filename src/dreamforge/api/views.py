@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
+
+from pydantic import BaseModel
 
 from dreamforge.api.schemas import (
     Artifact,
@@ -22,9 +25,10 @@ from dreamforge.api.schemas import (
     ProgressItem,
     ProgressResponse,
     Stage,
+    UpscaleRequest,
 )
 from dreamforge.db import tables
-from dreamforge.jobs.state import STAGES
+from dreamforge.jobs.stages import stage_plan, step_statuses
 from dreamforge.registry.hashing import autov2
 from dreamforge.registry.tiny import TINY_NOTE
 from dreamforge.storage.base import ArtifactStore
@@ -61,7 +65,10 @@ def job_view(job: tables.Job) -> JobStatusResponse:
         status=JobStatus(job.status),
         created_at=job.created_at,
         updated_at=job.updated_at,
-        steps=[JobStep(name="generate", status=job.status)],
+        steps=[
+            JobStep(name=name, status=status)
+            for name, status in step_statuses(JobStatus(job.status), job.params, job.items)
+        ],
         summary=JobCounts(count=job.count, completed=job.completed),
         started_at=job.started_at,
         finished_at=job.finished_at,
@@ -82,6 +89,7 @@ def artifact_view(row: tables.Artifact, store: ArtifactStore, base_url: str) -> 
         height=row.height,
         seed=row.seed,
         item_index=row.item_index,
+        stage="base" if row.stage == "base" else "final",
         s3_key=row.s3_key,
         url=signed.url,
         expires_at=signed.expires_at,
@@ -94,7 +102,13 @@ def artifact_view(row: tables.Artifact, store: ArtifactStore, base_url: str) -> 
 def progress_view(job: tables.Job, items: list[tables.JobItem]) -> ProgressResponse:
     """Overall progress is the mean of the items'; a succeeded job is exactly 1."""
     views = [
-        ProgressItem(item_index=i.item_index, progress=min(1.0, i.progress), status=i.status, seed=i.seed)
+        ProgressItem(
+            item_index=i.item_index,
+            progress=min(1.0, i.progress),
+            status=i.status,
+            seed=i.seed,
+            stage=i.stage,
+        )
         for i in items
     ]
     overall = (
@@ -106,37 +120,58 @@ def progress_view(job: tables.Job, items: list[tables.JobItem]) -> ProgressRespo
         progress=round(overall, 4),
         status=JobStatus(job.status),
         items=views,
-        stages=[Stage(name=n, weight=w) for n, w in STAGES],
+        stages=[Stage(name=n, weight=w) for n, w in stage_plan(job.params).stages],
     )
+
+
+def _schema_fragment(model: type[BaseModel], names: Sequence[str] | None = None) -> dict[str, Any]:
+    """`model`'s JSON Schema cut to the properties `names` (all by default), enums inlined.
+
+    Enums are shared definitions in a model's schema; inlined, the fragment stands alone.
+    """
+    schema = model.model_json_schema()
+    definitions = schema.get("$defs", {})
+    properties: dict[str, Any] = {}
+    for name in names or list(schema["properties"]):
+        prop = dict(schema["properties"][name])
+        ref = prop.pop("$ref", None)
+        properties[name] = {**definitions[ref.rsplit("/", 1)[-1]], **prop} if ref else prop
+    return {"type": "object", "properties": properties}
 
 
 @cache
 def sdxl_parameters_schema() -> dict[str, Any]:
     """The JSON Schema of the job parameters an SDXL checkpoint takes, cut from `JobCreateRequest`."""
-    schema = JobCreateRequest.model_json_schema()
-    definitions = schema.get("$defs", {})
-    properties: dict[str, Any] = {}
-    for name in SDXL_PARAMETERS:
-        prop = dict(schema["properties"][name])
-        ref = prop.pop("$ref", None)
-        # Enums are shared definitions in the request's schema; inline them so the fragment stands alone.
-        properties[name] = {**definitions[ref.rsplit("/", 1)[-1]], **prop} if ref else prop
-    return {"type": "object", "properties": properties}
+    return _schema_fragment(JobCreateRequest, SDXL_PARAMETERS)
+
+
+@cache
+def upscaler_parameters_schema() -> dict[str, Any]:
+    """The JSON Schema of a job's `upscale` object, which an upscaler model serves."""
+    return _schema_fragment(UpscaleRequest)
+
+
+def _parameters_schema(row: tables.Model) -> dict[str, Any]:
+    # SDXL checkpoints and upscalers take what the contract accepts; other kinds describe their own.
+    if row.kind == "sdxl-checkpoint":
+        return sdxl_parameters_schema()
+    if row.kind == "upscaler":
+        return upscaler_parameters_schema()
+    return dict(row.parameters_schema or {})
 
 
 def model_summary(row: tables.Model) -> ModelSummary:
     """The list form of a model."""
+    scale = (row.extra or {}).get("scale") if row.kind == "upscaler" else None
     return ModelSummary(
         id=row.id,
         name=row.name,
         kind=row.kind,
         version=row.version,
+        scale=int(scale) if scale else None,
         installed=row.installed,
         enabled=row.enabled,
-        # SDXL checkpoints take exactly what the contract accepts; other kinds describe their own.
-        parameters_schema=(
-            sdxl_parameters_schema() if row.kind == "sdxl-checkpoint" else dict(row.parameters_schema or {})
-        ),
+        parameters_schema=_parameters_schema(row),
     )
 
 

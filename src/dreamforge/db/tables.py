@@ -135,6 +135,8 @@ class JobItem(Base):
     status: Mapped[str] = mapped_column(String(20), default="pending")
     seed: Mapped[int | None] = mapped_column(BigInteger)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
+    # The stage the item is in while it runs (`denoise`, `upscale`, `refine`); see jobs.stages.
+    stage: Mapped[str | None] = mapped_column(String(20))
 
     job: Mapped[Job] = relationship(back_populates="items")
 
@@ -143,12 +145,14 @@ class Artifact(Base):
     """A stored image; the row exists only once its bytes are stored."""
 
     __tablename__ = "artifacts"
-    # One artifact per item, whatever a crash and a re-run do.
-    __table_args__ = (UniqueConstraint("job_id", "item_index"),)
+    # One artifact per item and stage, whatever a crash and a re-run do.
+    __table_args__ = (UniqueConstraint("job_id", "item_index", "stage", name="uq_artifacts_job_item_stage"),)
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     item_index: Mapped[int] = mapped_column(Integer)
+    # `final`: the image the job delivers; `base`: the generated image before upscaling (keep_base).
+    stage: Mapped[str] = mapped_column(String(10), default="final", server_default="final")
     format: Mapped[str] = mapped_column(String(10))
     content_type: Mapped[str] = mapped_column(String(50))
     width: Mapped[int] = mapped_column(Integer)

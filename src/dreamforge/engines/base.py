@@ -18,6 +18,15 @@ if TYPE_CHECKING:
 DEFAULT_PROVIDER = "local-sdxl-epicrealism"
 
 
+class UpscaleMethod(StrEnum):
+    """How a job's images are enlarged after generation."""
+
+    # A super-resolution network alone (ESRGAN and kin): fast, adds no new detail of its own.
+    model = "model"
+    # The network, then an SDXL img2img pass over its output: A1111's "hires fix".
+    refine = "refine"
+
+
 class Scheduler(StrEnum):
     """Samplers a job can ask for."""
 
@@ -50,8 +59,26 @@ class RenderRequest:
     scheduler: str
 
 
+@dataclass(frozen=True)
+class RefineRequest:
+    """The img2img pass of `UpscaleMethod.refine`: how much to change and over how many steps.
+
+    As in A1111, `steps` is the schedule's length and `int(steps * denoise)` of them run.
+    """
+
+    denoise: float
+    steps: int
+
+    @property
+    def executed_steps(self) -> int:
+        """Denoising steps the pass actually runs."""
+        return int(self.steps * self.denoise)
+
+
 # Makes an engine; called once per process, when the first job of its provider runs.
 EngineFactory = Callable[[], "Engine"]
+# Makes the upscaler; called once per process, when the first job that upscales runs.
+UpscalerFactory = Callable[[], "Upscaler"]
 
 # Called after each denoising step with (steps done, total steps).
 StepCallback = Callable[[int, int], None]
@@ -100,6 +127,40 @@ class Engine(Protocol):
         """
         ...
 
+    def refine(
+        self,
+        model: ModelSpec,
+        request: RenderRequest,
+        image: Image.Image,
+        seed: int,
+        refine: RefineRequest,
+        on_step: StepCallback,
+    ) -> Image.Image:
+        """An img2img pass over `image` at its own size with the job's prompt (hires fix's second pass).
+
+        Reuses the components `render` loaded; same seed and inputs give the same image.
+        """
+        ...
+
     def runtime_info(self) -> dict[str, str]:
         """Library versions, device, dtype and RNG device, for the recipe."""
+        ...
+
+
+class Upscaler(Protocol):
+    """Enlarges images with a super-resolution model; keeps the loaded model warm between calls."""
+
+    def load(self, model: ModelSpec) -> float:
+        """Make `model` ready; returns seconds spent loading (0 when already warm)."""
+        ...
+
+    def upscale(self, model: ModelSpec, image: Image.Image, scale: int, on_step: StepCallback) -> Image.Image:
+        """`image` enlarged exactly `scale` times, reporting each tile pass as a step.
+
+        Raises `OutOfMemory` when even tiles do not fit and `DeviceFault` when the device is lost.
+        """
+        ...
+
+    def runtime_info(self) -> dict[str, str]:
+        """Library versions, device and dtype, for the recipe."""
         ...

@@ -13,7 +13,11 @@ import os
 # Loading must never reach a hub: single-file loading silently goes online without this.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import gc
+# Before diffusers and transformers, which import torchvision whenever it is installed.
+import dreamforge.engines.torchvision_compat  # noqa: F401  (makes torchvision importable)
+
+# isort: split
+
 import logging
 import platform
 import threading
@@ -29,6 +33,7 @@ import transformers
 from diffusers import (
     AutoencoderKL,
     DPMSolverMultistepScheduler,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UniPCMultistepScheduler,
 )
@@ -39,33 +44,21 @@ from transformers.utils import logging as transformers_logging
 
 from dreamforge import __version__
 from dreamforge.engines.base import (
-    DeviceFault,
     EngineError,
     ModelSpec,
     OutOfMemory,
+    RefineRequest,
     RenderRequest,
     Scheduler,
     StepCallback,
 )
+from dreamforge.engines.device import classify_failure, free_cached_memory, pick_device, pick_dtype
 from dreamforge.error_codes import ErrorCode
 
 log = logging.getLogger(__name__)
 # Worker logs are structured job events; tqdm bars would only garble them.
 diffusers_logging.disable_progress_bar()
 transformers_logging.disable_progress_bar()
-
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-# Allocation failures that reach Python as a plain RuntimeError rather than OutOfMemoryError.
-_OOM_MARKERS = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
-# After these the CUDA context is poisoned: every later call in this process fails too.
-_FATAL_MARKERS = (
-    "device-side assert",
-    "illegal memory access",
-    "unspecified launch failure",
-    "misaligned address",
-    "CUDA error: an illegal instruction",
-    "uncorrectable ECC error",
-)
 
 
 def make_scheduler(name: str, base_config: Any) -> Any:
@@ -77,19 +70,6 @@ def make_scheduler(name: str, base_config: Any) -> Any:
     if name == Scheduler.unipc:
         return UniPCMultistepScheduler.from_config(base_config)
     raise EngineError(ErrorCode.unknown_scheduler, f"scheduler {name!r} is not supported")
-
-
-def classify_failure(exc: BaseException) -> EngineError | None:
-    """`OutOfMemory` or `DeviceFault` for the CUDA failures a worker must treat specially, else None."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return OutOfMemory(str(exc).splitlines()[0] if str(exc) else "CUDA out of memory")
-    if isinstance(exc, RuntimeError):
-        text = str(exc)
-        if any(marker in text for marker in _FATAL_MARKERS):
-            return DeviceFault(f"unrecoverable device error: {text.splitlines()[0]}")
-        if any(marker in text for marker in _OOM_MARKERS):
-            return OutOfMemory(text.splitlines()[0])
-    return None
 
 
 @dataclass
@@ -119,38 +99,19 @@ class SDXLEngine:
         vae_path: str = "",
         vae_tiling_pixels: int = 2048 * 2048,
     ) -> None:
-        self.device = self._pick_device(device)
-        self.dtype = self._pick_dtype(dtype, self.device)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
         self.cpu_offload = cpu_offload and self.device == "cuda"
         self.compile_unet = compile_unet and self.device == "cuda"
         self.vae_path = vae_path
         self.vae_tiling_pixels = vae_tiling_pixels
         self._pipe: Any = None
+        # The img2img view of `_pipe` (refine): the same modules, so no second UNet in memory.
+        self._img2img: Any = None
         self._loaded_key: tuple[str, str] | None = None
         self._base_scheduler_config: Any = None
         self._conditioning: _Conditioning | None = None
         self._lock = threading.Lock()
-
-    @staticmethod
-    def _pick_device(device: str) -> str:
-        if device != "auto":
-            if device == "cuda" and not torch.cuda.is_available():
-                raise EngineError(
-                    ErrorCode.device_unavailable, "DF_DEVICE=cuda but no CUDA device is visible"
-                )
-            return device
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-
-    @staticmethod
-    def _pick_dtype(dtype: str, device: str) -> torch.dtype:
-        if dtype != "auto":
-            return _DTYPES[dtype]
-        # Half precision halves VRAM on GPUs; CPUs have no fast fp16 kernels.
-        return torch.float16 if device in ("cuda", "mps") else torch.float32
 
     def runtime_info(self) -> dict[str, str]:
         """Versions and placement, recorded in every image's recipe."""
@@ -246,6 +207,7 @@ class SDXLEngine:
         if self._pipe is None:
             return
         self._pipe = None
+        self._img2img = None
         self._loaded_key = None
         self._conditioning = None
         if self.device == "cuda":
@@ -279,6 +241,33 @@ class SDXLEngine:
         images: list[Image.Image] = pipe(**kwargs).images
         return images
 
+    def _configure_vae(self, pipe: Any, width: int, height: int) -> None:
+        if self.device == "cuda" and width * height > self.vae_tiling_pixels:
+            pipe.vae.enable_tiling()
+        else:
+            pipe.vae.disable_tiling()
+
+    def _call(self, pipe: Any, on_step: StepCallback, default_total: int, **kwargs: Any) -> list[Image.Image]:
+        """One pipeline call with step reporting; CUDA failures come out as `OutOfMemory`/`DeviceFault`."""
+
+        def step_end(p: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            on_step(step + 1, int(getattr(p, "num_timesteps", default_total)))
+            return tensors
+
+        try:
+            with torch.inference_mode():
+                return self._run_pipeline(pipe, **kwargs, output_type="pil", callback_on_step_end=step_end)
+        except Exception as exc:
+            failure = classify_failure(exc)
+            if failure is None:
+                raise
+            if isinstance(failure, OutOfMemory):
+                # Free what the failed call held before anyone tries a smaller batch.
+                del exc
+                free_cached_memory()
+                raise failure from None
+            raise failure from exc
+
     def render(
         self, model: ModelSpec, request: RenderRequest, seeds: Sequence[int], on_step: StepCallback
     ) -> list[Image.Image]:
@@ -287,40 +276,55 @@ class SDXLEngine:
         with self._lock:
             pipe = self._pipe
             pipe.scheduler = make_scheduler(request.scheduler, self._base_scheduler_config)
-            if self.device == "cuda" and request.width * request.height > self.vae_tiling_pixels:
-                pipe.vae.enable_tiling()
-            else:
-                pipe.vae.disable_tiling()
+            self._configure_vae(pipe, request.width, request.height)
             # One generator per image: each item's noise depends on its own seed alone.
             generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+            return self._call(
+                pipe,
+                on_step,
+                request.steps,
+                **self._encode(pipe, request),
+                width=request.width,
+                height=request.height,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance,
+                num_images_per_prompt=len(seeds),
+                generator=generators,
+            )
 
-            def step_end(p: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-                on_step(step + 1, int(getattr(p, "num_timesteps", request.steps)))
-                return kwargs
-
-            try:
-                with torch.inference_mode():
-                    return self._run_pipeline(
-                        pipe,
-                        **self._encode(pipe, request),
-                        width=request.width,
-                        height=request.height,
-                        num_inference_steps=request.steps,
-                        guidance_scale=request.guidance,
-                        num_images_per_prompt=len(seeds),
-                        generator=generators,
-                        output_type="pil",
-                        callback_on_step_end=step_end,
-                    )
-            except Exception as exc:
-                failure = classify_failure(exc)
-                if failure is None:
-                    raise
-                if isinstance(failure, OutOfMemory):
-                    # Free what the failed call held before anyone tries a smaller batch.
-                    del exc
-                    gc.collect()
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()
-                    raise failure from None
-                raise failure from exc
+    def refine(
+        self,
+        model: ModelSpec,
+        request: RenderRequest,
+        image: Image.Image,
+        seed: int,
+        refine: RefineRequest,
+        on_step: StepCallback,
+    ) -> Image.Image:
+        """Hires fix's second pass: img2img over `image` with the job's prompt, sampler and guidance."""
+        self.load(model)
+        if refine.executed_steps < 1:
+            raise EngineError(
+                ErrorCode.engine_error,
+                f"denoise {refine.denoise} over {refine.steps} steps runs no step; raise either",
+            )
+        with self._lock:
+            if self._img2img is None:
+                # from_pipe shares the loaded modules (UNet, VAE, encoders): no copy, no reload.
+                self._img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(self._pipe)
+                self._img2img.set_progress_bar_config(disable=True)
+            pipe = self._img2img
+            pipe.scheduler = make_scheduler(request.scheduler, self._base_scheduler_config)
+            self._configure_vae(pipe, image.width, image.height)
+            images = self._call(
+                pipe,
+                on_step,
+                refine.executed_steps,
+                **self._encode(self._pipe, request),
+                image=image,
+                strength=refine.denoise,
+                num_inference_steps=refine.steps,
+                guidance_scale=request.guidance,
+                generator=torch.Generator(device="cpu").manual_seed(seed),
+            )
+            return images[0]

@@ -41,6 +41,16 @@ class JobShape(Protocol):
     @property
     def steps(self) -> int: ...
 
+    @property
+    def output_scale(self) -> int:
+        """How many times larger than width x height the delivered images are (upscaling)."""
+        ...
+
+    @property
+    def refine_steps(self) -> int:
+        """Steps of a second (refine) denoising pass; 0 without one."""
+        ...
+
 
 @dataclass(frozen=True)
 class JobLimits:
@@ -102,26 +112,33 @@ def _two_megapixels(requested: int, allowed: int) -> tuple[str, str]:
 
 
 def check_request(request: JobShape, limits: JobLimits) -> None:
-    """Raise `LimitExceeded` if the request breaks a per-job cap (steps first, then size)."""
-    if limits.max_steps and request.steps > limits.max_steps:
-        raise LimitExceeded(
-            f"steps is {request.steps}; this service allows at most {limits.max_steps} steps per job "
-            f"({STEPS_LIMIT})",
-            limit=STEPS_LIMIT,
-            field="steps",
-            requested=request.steps,
-            maximum=limits.max_steps,
-        )
+    """Raise `LimitExceeded` if the request breaks a per-job cap (steps first, then size).
+
+    The size cap counts the delivered images: an upscaled job's are `scale`^2 times larger.
+    """
+    for field, steps in (("steps", request.steps), ("upscale.steps", request.refine_steps)):
+        if limits.max_steps and steps > limits.max_steps:
+            raise LimitExceeded(
+                f"{field} is {steps}; this service allows at most {limits.max_steps} steps per job "
+                f"({STEPS_LIMIT})",
+                limit=STEPS_LIMIT,
+                field=field,
+                requested=steps,
+                maximum=limits.max_steps,
+            )
     if limits.max_megapixels_per_job:
-        pixels = request.width * request.height * request.count
+        scale = request.output_scale
+        width, height = request.width * scale, request.height * scale
+        pixels = width * height * request.count
         allowed = round(limits.max_megapixels_per_job * 1_000_000)
         if pixels > allowed:
             shown, most = _two_megapixels(pixels, allowed)
+            field = "width*height*count" if scale == 1 else "width*height*count*upscale.scale^2"
             raise LimitExceeded(
-                f"width*height*count is {shown} MP ({request.count} x {request.width}x{request.height}); "
+                f"{field} is {shown} MP ({request.count} x {width}x{height}); "
                 f"this service allows at most {most} MP per job ({MEGAPIXELS_LIMIT})",
                 limit=MEGAPIXELS_LIMIT,
-                field="width*height*count",
+                field=field,
                 requested=megapixels(pixels),
                 maximum=limits.max_megapixels_per_job,
             )

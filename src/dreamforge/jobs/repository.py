@@ -126,16 +126,33 @@ def get_item(session: Session, job_id: uuid.UUID, item_index: int) -> JobItem | 
     return session.scalars(stmt).first()
 
 
-def list_artifacts(session: Session, job_id: uuid.UUID) -> Sequence[Artifact]:
-    """A job's artifacts by item index."""
-    return session.scalars(
-        select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.item_index)
-    ).all()
+def list_artifacts(session: Session, job_id: uuid.UUID, stage: str | None = None) -> Sequence[Artifact]:
+    """A job's artifacts by item index (an item's `base` before its `final`); one stage if given."""
+    stmt = select(Artifact).where(Artifact.job_id == job_id)
+    if stage is not None:
+        stmt = stmt.where(Artifact.stage == stage)
+    # "base" < "final": an item's base image lists before its delivered one.
+    return session.scalars(stmt.order_by(Artifact.item_index, Artifact.stage)).all()
 
 
-def get_artifact_for_item(session: Session, job_id: uuid.UUID, item_index: int) -> Artifact | None:
-    """The artifact of one item, if stored."""
-    stmt = select(Artifact).where(Artifact.job_id == job_id, Artifact.item_index == item_index)
+def count_final_artifacts(session: Session, job_id: uuid.UUID) -> int:
+    """How many items of the job have their delivered image stored."""
+    stmt = select(func.count()).where(Artifact.job_id == job_id, Artifact.stage == "final")
+    return int(session.scalar(stmt) or 0)
+
+
+def get_artifact(session: Session, artifact_id: uuid.UUID) -> Artifact | None:
+    """The artifact with this id."""
+    return session.get(Artifact, artifact_id)
+
+
+def get_artifact_for_item(
+    session: Session, job_id: uuid.UUID, item_index: int, stage: str = "final"
+) -> Artifact | None:
+    """One item's stored artifact of `stage`, if any."""
+    stmt = select(Artifact).where(
+        Artifact.job_id == job_id, Artifact.item_index == item_index, Artifact.stage == stage
+    )
     return session.scalars(stmt).first()
 
 

@@ -26,11 +26,21 @@ from dreamforge.jobs.dispatch import BrokerUnavailable, Dispatcher
 from dreamforge.jobs.lifecycle import request_cancel
 from dreamforge.jobs.limits import NO_LIMITS, JobLimits, JobShape, check_queue, check_request
 from dreamforge.jobs.state import JobStatus
-from dreamforge.registry.selection import resolve_model
+from dreamforge.registry.selection import resolve_model, resolve_upscaler
+
+
+class UpscaleShape(Protocol):
+    """What accepting a job reads from its `upscale` request."""
+
+    @property
+    def upscaler_model_id(self) -> uuid.UUID | None: ...
 
 
 class JobRequest(JobShape, Protocol):
     """What accepting a job reads from a validated request (the API's `JobCreateRequest`)."""
+
+    @property
+    def upscale(self) -> UpscaleShape | None: ...
 
     @property
     def type(self) -> str: ...
@@ -42,7 +52,11 @@ class JobRequest(JobShape, Protocol):
     def model_id(self) -> uuid.UUID | None: ...
 
     def model_dump(self, *, mode: str = ...) -> dict[str, Any]:
-        """Every parameter with defaults filled in; `mode="json"` for what the job row stores."""
+        """Every parameter with defaults filled in; `mode="json"` for the idempotency fingerprint."""
+        ...
+
+    def model_dump_stored(self) -> dict[str, Any]:
+        """The parameters the job row stores (JSON), every default filled in."""
         ...
 
 
@@ -113,6 +127,12 @@ def create_job(
         raise UnknownProvider(request.provider, providers)
     check_request(request, limits)
     model: Model = resolve_model(session, request.model_id, default_model)
+    params = request.model_dump_stored()
+    upscaler: Model | None = None
+    if request.upscale is not None:
+        # Resolved now, so the job upscales with the model it was accepted with, whatever is installed later.
+        upscaler = resolve_upscaler(session, request.upscale.upscaler_model_id)
+        params["upscale"]["upscaler_model_id"] = str(upscaler.id)
     check_queue(session, limits)
     job = Job(
         id=uuid.uuid4(),
@@ -120,7 +140,7 @@ def create_job(
         status=JobStatus.queued.value,
         provider=request.provider,
         model_id=model.id,
-        params=request.model_dump(mode="json"),
+        params=params,
         count=request.count,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
@@ -133,7 +153,11 @@ def create_job(
         session,
         job.id,
         EventKind.log,
-        {"level": "info", "message": f"job accepted: {request.count} item(s) with model {model.name!r}"},
+        {
+            "level": "info",
+            "message": f"job accepted: {request.count} item(s) with model {model.name!r}"
+            + (f", upscaled with {upscaler.name!r}" if upscaler else ""),
+        },
     )
     return job, True
 

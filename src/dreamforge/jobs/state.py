@@ -49,8 +49,3 @@ def check_transition(current: str, target: JobStatus) -> None:
     """Raise `IllegalTransition` unless `current -> target` is allowed."""
     if target not in TRANSITIONS[JobStatus(current)]:
         raise IllegalTransition(current, target)
-
-
-# Stages of one item's work and their share of its progress (reported by /progress).
-STAGES: tuple[tuple[str, float], ...] = (("denoise", 0.9), ("encode_and_store", 0.1))
-DENOISE_WEIGHT = STAGES[0][1]

@@ -28,10 +28,15 @@ def compose(
     model: dict[str, Any],
     runtime: dict[str, str],
     batch: dict[str, int] | None = None,
+    upscale: dict[str, Any] | None = None,
+    stage: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Return (infotext, recipe) for one item. `model` holds id, name, sha256 and provenance.
 
     `batch` is the pipeline call the item was rendered in (`size`, the item's `position`).
+    `upscale` is the upscale step the image went through (`worker.stages.upscale_record`): the
+    infotext then reads as A1111's hires fix, whose `Size` is the size before upscaling. `stage`
+    (`base` or `final`) marks which image of an upscaling job this is.
     """
     sampler, schedule = SAMPLER_NAMES[params["scheduler"]]
     extra = model.get("extra") or {}
@@ -44,6 +49,7 @@ def compose(
         "Size": f"{params['width']}x{params['height']}",
         "Model hash": autov2(model["sha256"]),
         "Model": model["name"],
+        **_hires(upscale),
         "RNG": "CPU",
         "Version": f"dreamforge {runtime.get('dreamforge', '')}".strip(),
     }
@@ -52,8 +58,12 @@ def compose(
         infotext_params["Batch size"] = batch["size"]
         infotext_params["Batch pos"] = batch["position"]
     civitai_version = extra.get("civitai_version_id")
+    hashes: dict[str, object] = {"model": autov2(model["sha256"])}
+    if upscale is not None:
+        hashes["upscaler"] = upscale["upscaler"]["autov2"]
+    if civitai_version is not None or upscale is not None:
+        infotext_params["Hashes"] = hashes
     if civitai_version is not None:
-        infotext_params["Hashes"] = {"model": autov2(model["sha256"])}
         infotext_params["Civitai resources"] = [
             {"type": "checkpoint", "modelVersionId": int(civitai_version)}
         ]
@@ -91,4 +101,22 @@ def compose(
         "rng": {"device": runtime.get("rng_device", "cpu"), "generator": "torch.Generator.manual_seed"},
         "runtime": runtime,
     }
+    if stage is not None:
+        recipe["stage"] = stage
+    if upscale is not None:
+        recipe["upscale"] = upscale
     return infotext, recipe
+
+
+def _hires(upscale: dict[str, Any] | None) -> dict[str, ParamValue]:
+    """A1111's hires-fix keys for an upscaled image, in the order A1111 writes them."""
+    if upscale is None:
+        return {}
+    keys: dict[str, ParamValue] = {}
+    if upscale["method"] == "refine":
+        keys["Denoising strength"] = upscale["denoise"]
+    keys["Hires upscale"] = upscale["scale"]
+    if upscale["method"] == "refine":
+        keys["Hires steps"] = upscale["steps"]
+    keys["Hires upscaler"] = upscale["upscaler"]["name"]
+    return keys

@@ -16,6 +16,16 @@ from dreamforge.registry import repository as models_repo
 from dreamforge.registry.hashing import FileRecord, file_records, manifest_digest
 
 CAPABILITIES = ["text-to-image"]
+# Model kinds (`ModelSummary.kind`): what a model is for.
+CHECKPOINT_KIND = "sdxl-checkpoint"
+UPSCALER_KIND = "upscaler"
+
+
+class NotAnUpscaler(DreamForgeError):
+    """A file installed as an upscaler holds no super-resolution model spandrel can load."""
+
+    code = ErrorCode.not_an_upscaler
+    status = 422
 
 
 class ModelNameTaken(DreamForgeError):
@@ -39,8 +49,10 @@ def register_model(
     enabled: bool = True,
     extra: dict[str, Any] | None = None,
     files: list[FileRecord] | None = None,
+    kind: str = CHECKPOINT_KIND,
+    capabilities: list[str] | None = None,
 ) -> Model:
-    """Stage the registry row of a checkpoint on disk; `files` are hashed here unless given.
+    """Stage the registry row of a model on disk; `files` are hashed here unless given.
 
     A single-file model's folder is the checkpoint's parent (it also holds `config/`).
     """
@@ -57,7 +69,7 @@ def register_model(
         size = sum(r["size"] for r in records)
     model = Model(
         name=name,
-        kind="sdxl-checkpoint",
+        kind=kind,
         version=version,
         layout=layout,
         path=str(path.resolve()),
@@ -69,7 +81,7 @@ def register_model(
         installed=True,
         enabled=enabled,
         is_tiny=is_tiny,
-        capabilities=list(CAPABILITIES),
+        capabilities=list(CAPABILITIES if capabilities is None else capabilities),
         files=list(records),
         extra=extra or {},
     )
@@ -120,3 +132,70 @@ def create_tiny_model(session: Session, models_dir: Path, name: str, *, single_f
         checkpoint = write_single_file(folder, target / f"{name}.safetensors")
         config = copy_config_tree(folder, target / "config")
     return register_tiny_model(session, name, checkpoint, layout="single_file", config_path=config)
+
+
+def upscaler_record(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The `extra` and `capabilities` of the upscaler at `path`, detected from its weights.
+
+    Raises `NotAnUpscaler` when spandrel recognises no RGB super-resolution model in the file.
+    """
+    from dreamforge.engines.base import EngineError
+    from dreamforge.engines.upscale import describe_upscaler
+
+    try:
+        info = describe_upscaler(path)
+    except EngineError as exc:
+        raise NotAnUpscaler(exc.message) from None
+    extra = {
+        "scale": info.scale,
+        "architecture": info.architecture,
+        "architecture_name": info.architecture_name,
+        "supports_half": info.supports_half,
+        "tags": list(info.tags),
+    }
+    return extra, ["upscale", f"upscale-x{info.scale}"]
+
+
+def register_upscaler(
+    session: Session,
+    *,
+    name: str,
+    path: Path,
+    source: str | None = None,
+    version: str | None = None,
+    revision: str | None = None,
+    is_tiny: bool = False,
+    enabled: bool = True,
+    extra: dict[str, Any] | None = None,
+    files: list[FileRecord] | None = None,
+) -> Model:
+    """Stage the registry row of a `.safetensors` upscaler, its architecture and scale detected."""
+    detected, capabilities = upscaler_record(path)
+    return register_model(
+        session,
+        name=name,
+        layout="single_file",
+        path=path,
+        source=source,
+        version=version,
+        revision=revision,
+        is_tiny=is_tiny,
+        enabled=enabled,
+        extra={**(extra or {}), **detected},
+        files=files,
+        kind=UPSCALER_KIND,
+        capabilities=capabilities,
+    )
+
+
+def create_tiny_upscaler(session: Session, models_dir: Path, name: str, *, scale: int = 4) -> Model:
+    """Build a tiny random-weight ESRGAN upscaler into `models_dir/name` and register it."""
+    from dreamforge.registry.tiny import build_tiny_upscaler
+
+    if models_repo.get_model_by_name(session, name) is not None:
+        raise ModelNameTaken(f"a model named {name!r} is already registered")
+    target = models_dir / name
+    if target.exists():
+        shutil.rmtree(target)
+    checkpoint = build_tiny_upscaler(target / f"{name}.safetensors", scale=scale)
+    return register_upscaler(session, name=name, path=checkpoint, source="tiny:random", is_tiny=True)

@@ -22,10 +22,12 @@ def get_model_by_name(session: Session, name: str) -> Model | None:
 
 
 def list_models(
-    session: Session, *, enabled: bool | None = True, installed_only: bool = True
+    session: Session, *, enabled: bool | None = True, installed_only: bool = True, kind: str | None = None
 ) -> Sequence[Model]:
-    """Models, newest first; by default those installed and enabled."""
+    """Models, newest first; by default those installed and enabled, of every kind."""
     stmt = select(Model)
+    if kind is not None:
+        stmt = stmt.where(Model.kind == kind)
     if installed_only:
         stmt = stmt.where(Model.installed.is_(True))
     if enabled is not None:

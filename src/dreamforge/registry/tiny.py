@@ -74,6 +74,9 @@ def build_tiny_pipeline(dest: Path, *, seed: int = 0) -> Path:
 
     import torch
 
+    from dreamforge.engines.torchvision_compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
     # diffusers and transformers ship partial annotations (untyped constructors, merges typed as str)
     # that do not match runtime behaviour; treat both as dynamic here.
     dif: Any = importlib.import_module("diffusers")
@@ -185,4 +188,32 @@ def build_tiny_pipeline(dest: Path, *, seed: int = 0) -> Path:
     for name in ("tokenizer", "tokenizer_2"):
         _write_bpe_files(dest / name, vocab, merges)
     (dest / MARKER_FILE).write_text(json.dumps(MARKER, indent=2) + "\n", encoding="utf-8")
+    return dest
+
+
+# A real ESRGAN (RRDB) layout at a fraction of its width: spandrel detects it like RealESRGAN_x4plus.
+TINY_UPSCALER_FILTERS = 8
+TINY_UPSCALER_BLOCKS = 1
+
+
+def build_tiny_upscaler(dest: Path, *, scale: int = 4, seed: int = 0) -> Path:
+    """Write a random-weight ESRGAN upscaler of `scale` (2 or 4) to `dest` (`.safetensors`).
+
+    Built from spandrel's own ESRGAN class, so its keys are those of a published ESRGAN file.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from dreamforge.engines.upscale import import_spandrel
+
+    import_spandrel()  # makes spandrel importable where torchvision's ops are not
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(seed)
+    net = ESRGAN(
+        in_nc=3, out_nc=3, num_filters=TINY_UPSCALER_FILTERS, num_blocks=TINY_UPSCALER_BLOCKS, scale=scale
+    )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.contiguous() for key, value in net.state_dict().items()}
+    save_file(tensors, str(dest), metadata={"dreamforge": json.dumps(MARKER)})
     return dest

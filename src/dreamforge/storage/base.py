@@ -22,9 +22,11 @@ class ImageFormat(StrEnum):
 CONTENT_TYPES = {ImageFormat.png.value: "image/png", ImageFormat.jpg.value: "image/jpeg"}
 
 
-def artifact_key(job_id: uuid.UUID, item_index: int, fmt: str) -> str:
-    """The object key of an item's image: `jobs/{job_id}/{item_index}.{fmt}`."""
-    return f"jobs/{job_id}/{item_index}.{fmt}"
+def artifact_key(job_id: uuid.UUID, item_index: int, fmt: str, stage: str = "final") -> str:
+    """The object key of an item's image: `jobs/{job_id}/{item_index}.{fmt}` (`-base` before the
+    suffix for the image before upscaling)."""
+    suffix = "" if stage == "final" else f"-{stage}"
+    return f"jobs/{job_id}/{item_index}{suffix}.{fmt}"
 
 
 class StorageUnavailable(DreamForgeError):

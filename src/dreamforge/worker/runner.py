@@ -1,9 +1,11 @@
 """`run_job`: the one path from a queued job to a terminal one, used by every kind of worker.
 
 Items render in batches of up to `DF_MAX_BATCH` (one engine call each; one when the job asks to be
-batch-invariant). Each step commits before the next begins, so a crash at any point leaves a state
-the next attempt can continue from: items with a stored artifact are not rendered again, and an
-item's seed is recorded before rendering so a re-run draws the same image.
+batch-invariant). Then each item of the batch runs the job's later stages (upscale, refine) and is
+stored. Each step commits before the next begins, so a crash at any point leaves a state the next
+attempt can continue from: items with a stored artifact are not rendered again, an item caught
+between its stages is redone from its generation, and an item's seed is recorded before rendering
+so a re-run draws the same image.
 """
 
 from __future__ import annotations
@@ -19,8 +21,17 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from dreamforge.db.session import transaction
-from dreamforge.db.tables import Artifact, Job, utcnow
-from dreamforge.engines.base import DeviceFault, Engine, EngineError, ModelSpec, OutOfMemory, RenderRequest
+from dreamforge.db.tables import Artifact, Job, Model, utcnow
+from dreamforge.engines.base import (
+    DeviceFault,
+    Engine,
+    EngineError,
+    ModelSpec,
+    OutOfMemory,
+    RefineRequest,
+    RenderRequest,
+    StepCallback,
+)
 from dreamforge.error_codes import ErrorCode
 from dreamforge.errors import DreamForgeError
 from dreamforge.events.kinds import EventKind
@@ -28,12 +39,15 @@ from dreamforge.events.repository import add_event
 from dreamforge.jobs import repository as jobs_repo
 from dreamforge.jobs.lifecycle import finish_job, log_event, requeue_job, settle_abandoned
 from dreamforge.jobs.seeds import SeedStrategy, first_seed, item_seed
-from dreamforge.jobs.state import DENOISE_WEIGHT, JobStatus
+from dreamforge.jobs.stages import DENOISE, STORE, StagePlan, stage_plan, upscale_params
+from dreamforge.jobs.state import JobStatus
 from dreamforge.recipe.compose import compose
 from dreamforge.recipe.embed import encode_image
 from dreamforge.registry import repository as models_repo
+from dreamforge.registry.hashing import autov2
 from dreamforge.storage.base import CONTENT_TYPES, artifact_key
 from dreamforge.worker.context import WorkerContext
+from dreamforge.worker.stages import ItemStage, RefineStage, UpscaleStage, upscale_record
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -119,6 +133,13 @@ class _JobRun:
         self.count = 0
         self.model_info: dict[str, Any] = {}
         self.runtime: dict[str, str] = {}
+        self.plan: StagePlan = stage_plan({})
+        # Each item's progress (0-1), kept here so `overall` needs no query.
+        self.progress: dict[int, float] = {}
+        # The job's stages after generation, in order, and the recipe's record of them.
+        self.stages: list[ItemStage] = []
+        self.upscaler_info: dict[str, Any] = {}
+        self.upscaler_runtime: dict[str, str] = {}
         self._cancel_checked = 0.0
 
     def check(self) -> None:
@@ -151,6 +172,7 @@ class _JobRun:
         return job
 
     def execute(self) -> None:
+        upscaler_spec: ModelSpec | None = None
         with self.ctx.sessions() as s:
             job = jobs_repo.get_job(s, self.job_id)
             assert job is not None
@@ -160,35 +182,34 @@ class _JobRun:
             model = models_repo.get_model(s, job.model_id) if job.model_id else None
             if model is None or not model.installed:
                 raise EngineError(ErrorCode.model_unavailable, "the job's model is no longer installed")
-            self.model_info = {
-                "id": model.id,
-                "name": model.name,
-                "sha256": model.sha256,
-                "version": model.version,
-                "source": model.source,
-                "revision": model.revision,
-                "extra": dict(model.extra or {}),
-            }
-            spec = ModelSpec(
-                id=model.id,
-                name=model.name,
-                layout=model.layout,
-                path=model.path,
-                config_path=model.config_path,
-                sha256=model.sha256,
-            )
-            recorded = {i.item_index: i.seed for i in jobs_repo.get_items(s, self.job_id)}
-            done = {a.item_index for a in jobs_repo.list_artifacts(s, self.job_id)}
+            self.model_info = _model_info(model)
+            spec = _spec(model)
+            upscale = upscale_params(self.params)
+            if upscale is not None:
+                row = models_repo.get_model(s, uuid.UUID(upscale["upscaler_model_id"]))
+                if row is None or not row.installed:
+                    raise EngineError(
+                        ErrorCode.model_unavailable, "the job's upscaler is no longer installed"
+                    )
+                self.upscaler_info = {
+                    **_model_info(row),
+                    "id": str(row.id),
+                    "autov2": autov2(row.sha256),
+                    "architecture": (row.extra or {}).get("architecture"),
+                    "native_scale": (row.extra or {}).get("scale"),
+                }
+                self.upscaler_info.pop("extra")
+                upscaler_spec = _spec(row)
+            items = {i.item_index: i.seed for i in jobs_repo.get_items(s, self.job_id)}
+            recorded = dict(items)
+            done = {a.item_index for a in jobs_repo.list_artifacts(s, self.job_id, stage="final")}
 
         engine = self.ctx.engine_for(provider)
-        seconds = engine.load(spec)
-        if seconds:
-            with transaction(self.ctx.sessions) as s:
-                log_event(s, self.job_id, "info", f"model {spec.name!r} loaded in {seconds:.2f}s")
+        self._log_load(spec.name, engine.load(spec))
         self.runtime = engine.runtime_info()
+        self.plan = stage_plan(self.params)
+        self.progress = {index: 1.0 if index in done else 0.0 for index in recorded}
 
-        pending = [i for i in sorted(recorded) if i not in done]
-        batch_size = 1 if self.params.get("batch_invariant") else self.ctx.settings.max_batch
         request = RenderRequest(
             prompt=self.params["prompt"],
             negative_prompt=self.params.get("negative_prompt"),
@@ -198,11 +219,22 @@ class _JobRun:
             guidance=self.params["guidance"],
             scheduler=self.params["scheduler"],
         )
+        if upscale is not None and upscaler_spec is not None:
+            upscaler = self.ctx.upscaler()
+            self._log_load(upscaler_spec.name, upscaler.load(upscaler_spec))
+            self.upscaler_runtime = upscaler.runtime_info()
+            self.stages = [UpscaleStage(upscaler, upscaler_spec, int(upscale["scale"]))]
+            if upscale["method"] == "refine":
+                refine = RefineRequest(denoise=float(upscale["denoise"]), steps=int(upscale["steps"]))
+                self.stages.append(RefineStage(engine, spec, request, refine))
+
+        pending = [i for i in sorted(recorded) if i not in done]
+        batch_size = 1 if self.params.get("batch_invariant") else self.ctx.settings.max_batch
         while pending:
             self.check()
             batch = self._start_batch(pending[:batch_size], recorded)
             try:
-                images = self._render_batch(engine, spec, request, batch, done_before=len(done))
+                images = self._render_batch(engine, spec, request, batch)
             except OutOfMemory as exc:
                 if len(batch) == 1:
                     raise OutOfMemory(
@@ -213,9 +245,54 @@ class _JobRun:
                 self._retry_smaller(batch, batch_size, exc)
                 continue
             for position, (item, image) in enumerate(zip(batch, images, strict=True)):
-                self._store_item(item, image, batch_size=len(batch), position=position)
+                final = self._later_stages(item, image)
+                keep = image if self.stages and upscale and upscale.get("keep_base") else None
+                self._store_item(item, final, base=keep, batch_size=len(batch), position=position)
                 done.add(item.index)
             pending = pending[len(batch) :]
+
+    def _log_load(self, name: str, seconds: float) -> None:
+        if seconds:
+            with transaction(self.ctx.sessions) as s:
+                log_event(s, self.job_id, "info", f"model {name!r} loaded in {seconds:.2f}s")
+
+    def _later_stages(self, item: _Item, image: Image.Image) -> Image.Image:
+        """Run the job's stages after generation over one item's image; logs each start and end."""
+        if not self.stages:
+            return image
+        with transaction(self.ctx.sessions) as s:
+            log_event(
+                s,
+                self.job_id,
+                "info",
+                f"item {item.index}: generated {image.width}x{image.height}",
+                item.index,
+            )
+        for stage in self.stages:
+            self.check()
+            with transaction(self.ctx.sessions) as s:
+                row = jobs_repo.get_item(s, self.job_id, item.index)
+                if row is not None:
+                    row.stage = stage.name
+                log_event(
+                    s,
+                    self.job_id,
+                    "info",
+                    f"item {item.index}: {stage.name} {stage.describe(image)}",
+                    item.index,
+                )
+            started = time.monotonic()
+            image = stage.run(item.seed, image, self._reporter([item], stage.name))
+            with transaction(self.ctx.sessions) as s:
+                log_event(
+                    s,
+                    self.job_id,
+                    "info",
+                    f"item {item.index}: {stage.name} done in {time.monotonic() - started:.2f}s "
+                    f"({image.width}x{image.height})",
+                    item.index,
+                )
+        return image
 
     def _start_batch(self, indexes: list[int], recorded: dict[int, int | None]) -> list[_Item]:
         """Draw (or reuse) the batch's seeds and record them before anything renders."""
@@ -236,6 +313,9 @@ class _JobRun:
                 assert row is not None
                 row.seed = item.seed
                 row.status = "running"
+                row.stage = DENOISE
+                row.progress = 0.0
+                self.progress[item.index] = 0.0
                 log_event(
                     s, self.job_id, "info", f"item {item.index}: rendering with seed {item.seed}", item.index
                 )
@@ -247,6 +327,7 @@ class _JobRun:
                 row = jobs_repo.get_item(s, self.job_id, item.index)
                 if row is not None:
                     row.status, row.progress = "pending", 0.0
+                self.progress[item.index] = 0.0
             log_event(
                 s,
                 self.job_id,
@@ -255,26 +336,25 @@ class _JobRun:
                 f"retrying the remaining items {batch_size} at a time (slower, same images)",
             )
 
-    def _progress_event(
-        self, s: Session, item_index: int, item_progress: float, step: int, total: int, overall: float
-    ) -> None:
+    def _progress_event(self, s: Session, item_index: int, stage: str, step: int, total: int) -> None:
         add_event(
             s,
             self.job_id,
             EventKind.progress,
             {
                 "item_index": item_index,
-                "progress": round(item_progress, 4),
+                "stage": stage,
+                "progress": round(self.progress[item_index], 4),
                 "step": step,
                 "steps": total,
-                "overall": round(overall, 4),
+                "overall": round(sum(self.progress.values()) / max(self.count, 1), 4),
             },
             item_index,
         )
 
-    def _render_batch(
-        self, engine: Engine, spec: ModelSpec, request: RenderRequest, batch: list[_Item], *, done_before: int
-    ) -> list[Image.Image]:
+    def _reporter(self, items: list[_Item], stage: str) -> StepCallback:
+        """The step callback of one engine call over `items` in `stage`: throttled progress writes
+        that carry the cancel check, and the cheap checks on every other step."""
         last_emit = 0.0
 
         def on_step(step: int, total: int) -> None:
@@ -283,14 +363,14 @@ class _JobRun:
             now = time.monotonic()
             if not (1 < step < total and now - last_emit < PROGRESS_INTERVAL_SECONDS):
                 last_emit = now
-                item_progress = DENOISE_WEIGHT * step / max(total, 1)
-                overall = (done_before + item_progress * len(batch)) / self.count
+                item_progress = self.plan.progress(stage, step, total)
                 with transaction(self.ctx.sessions) as s:
-                    for item in batch:
+                    for item in items:
+                        self.progress[item.index] = item_progress
                         row = jobs_repo.get_item(s, self.job_id, item.index)
                         if row is not None:
                             row.progress = item_progress
-                        self._progress_event(s, item.index, item_progress, step, total, overall)
+                        self._progress_event(s, item.index, stage, step, total)
                     # The cancel flag rides on the progress write: one round trip per interval, not two.
                     canceled = jobs_repo.cancel_requested(s, self.job_id)
                 self._cancel_checked = now
@@ -299,60 +379,116 @@ class _JobRun:
             else:
                 self.check()
 
-        return engine.render(spec, request, [item.seed for item in batch], on_step)
+        return on_step
 
-    def _store_item(self, item: _Item, image: Image.Image, *, batch_size: int, position: int) -> None:
-        """Encode, store, then record one item: announced as soon as its batch is done."""
+    def _render_batch(
+        self, engine: Engine, spec: ModelSpec, request: RenderRequest, batch: list[_Item]
+    ) -> list[Image.Image]:
+        return engine.render(spec, request, [item.seed for item in batch], self._reporter(batch, DENOISE))
+
+    def _encoded(self, item: _Item, image: Image.Image, *, stage: str, batch: dict[str, int]) -> bytes:
+        """The item's image as stored: its recipe embedded unless the job said not to."""
         params = self.params
-        fmt = params["format"]
-        if params.get("embed_metadata", True):
-            infotext, recipe = compose(
-                job_id=self.job_id,
-                item_index=item.index,
-                count=self.count,
-                params=params,
-                seed=item.seed,
-                model=self.model_info,
-                runtime=self.runtime,
-                batch={"size": batch_size, "position": position},
-            )
-            data = encode_image(image, fmt, infotext, recipe)
-        else:
-            data = encode_image(image, fmt)
-        key = artifact_key(self.job_id, item.index, fmt)
-        content_type = CONTENT_TYPES[fmt]
-        # Store first, then record: an artifact row always points at bytes that exist.
-        self.ctx.store.put(key, data, content_type)
+        if not params.get("embed_metadata", True):
+            return encode_image(image, params["format"])
+        upscale = upscale_params(params)
+        record = None
+        if stage == "final" and upscale is not None:
+            base_size = (params["width"], params["height"])
+            record = upscale_record(dict(upscale), self.upscaler_info, self.upscaler_runtime, base_size)
+        infotext, recipe = compose(
+            job_id=self.job_id,
+            item_index=item.index,
+            count=self.count,
+            params=params,
+            seed=item.seed,
+            model=self.model_info,
+            runtime=self.runtime,
+            batch=batch,
+            upscale=record,
+            stage=stage if upscale is not None else None,
+        )
+        return encode_image(image, params["format"], infotext, recipe)
+
+    def _store_item(
+        self, item: _Item, image: Image.Image, *, base: Image.Image | None, batch_size: int, position: int
+    ) -> None:
+        """Encode, store, then record one item (and its base image): announced as soon as it is done."""
+        fmt = self.params["format"]
+        batch = {"size": batch_size, "position": position}
+        images = [("base", base)] if base is not None else []
+        images.append(("final", image))
+        stored: list[tuple[str, Image.Image, str, bytes]] = []
+        for stage, picture in images:
+            data = self._encoded(item, picture, stage=stage, batch=batch)
+            key = artifact_key(self.job_id, item.index, fmt, stage)
+            # Store first, then record: an artifact row always points at bytes that exist.
+            self.ctx.store.put(key, data, CONTENT_TYPES[fmt])
+            stored.append((stage, picture, key, data))
         with transaction(self.ctx.sessions) as s:
             job = self.owned_job(s)
-            artifact = jobs_repo.get_artifact_for_item(s, self.job_id, item.index)
-            if artifact is None:
-                artifact = Artifact(
-                    job_id=self.job_id,
-                    item_index=item.index,
-                    format=fmt,
-                    content_type=content_type,
-                    width=image.width,
-                    height=image.height,
-                    seed=item.seed,
-                    s3_key=key,
-                    size_bytes=len(data),
-                    sha256=hashlib.sha256(data).hexdigest(),
+            for stage, picture, key, data in stored:
+                artifact = jobs_repo.get_artifact_for_item(s, self.job_id, item.index, stage)
+                if artifact is None:
+                    artifact = Artifact(
+                        job_id=self.job_id,
+                        item_index=item.index,
+                        stage=stage,
+                        format=fmt,
+                        content_type=CONTENT_TYPES[fmt],
+                        width=picture.width,
+                        height=picture.height,
+                        seed=item.seed,
+                        s3_key=key,
+                        size_bytes=len(data),
+                        sha256=hashlib.sha256(data).hexdigest(),
+                    )
+                    s.add(artifact)
+                    s.flush()
+                add_event(
+                    s,
+                    self.job_id,
+                    EventKind.artifact,
+                    {"artifact_id": str(artifact.id), "stage": stage},
+                    item.index,
                 )
-                s.add(artifact)
-                s.flush()
+                log_event(
+                    s, self.job_id, "info", f"item {item.index}: stored {key} ({len(data)} bytes)", item.index
+                )
             row = jobs_repo.get_item(s, self.job_id, item.index)
             assert row is not None
             row.status = "succeeded"
             row.progress = 1.0
-            job.completed = len(jobs_repo.list_artifacts(s, self.job_id))
+            row.stage = STORE
+            self.progress[item.index] = 1.0
+            job.completed = jobs_repo.count_final_artifacts(s, self.job_id)
             job.updated_at = utcnow()
-            add_event(s, self.job_id, EventKind.artifact, {"artifact_id": str(artifact.id)}, item.index)
-            steps = params["steps"]
-            self._progress_event(s, item.index, 1.0, steps, steps, job.completed / self.count)
-            log_event(
-                s, self.job_id, "info", f"item {item.index}: stored {key} ({len(data)} bytes)", item.index
-            )
+            self._progress_event(s, item.index, STORE, 1, 1)
+
+
+def _model_info(model: Model) -> dict[str, Any]:
+    """What the recipe records about a model."""
+    return {
+        "id": model.id,
+        "name": model.name,
+        "sha256": model.sha256,
+        "version": model.version,
+        "source": model.source,
+        "revision": model.revision,
+        "extra": dict(model.extra or {}),
+    }
+
+
+def _spec(model: Model) -> ModelSpec:
+    """Where an engine finds a model's files."""
+    return ModelSpec(
+        id=model.id,
+        name=model.name,
+        layout=model.layout,
+        path=model.path,
+        config_path=model.config_path,
+        sha256=model.sha256,
+    )
 
 
 def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:

@@ -213,7 +213,11 @@ def progress(id: uuid.UUID, session: SessionDep) -> ProgressResponse:
             "description": (
                 "SSE stream. Events: `status`, `progress`, `log`, `artifact`, `error`, and a final `done` "
                 "with the terminal status. Each has an `id`; without `Last-Event-ID` the job's whole "
-                "history is replayed first; with it, the stream resumes right after that event."
+                "history is replayed first; with it, the stream resumes right after that event. "
+                "A `progress` event's data: `item_index`, `stage` (a `stages[].name` of `/progress`: "
+                "`denoise`, `upscale`, `refine`, `encode_and_store`), `step` and `steps` within that "
+                "stage, `progress` (the item's, 0-1) and `overall` (the job's, 0-1). An `artifact` "
+                "event carries the `Artifact` (with its `stage`)."
             ),
             "content": {
                 "text/event-stream": {
