@@ -75,6 +75,28 @@ def register_tiny(db_url: str, tiny_model_dir: Path, name: str = "tiny-sdxl") ->
         engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def tiny_upscalers(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Tiny random-weight ESRGAN upscalers (`.safetensors`) by native scale, built once per session."""
+    from dreamforge.registry.tiny import build_tiny_upscaler
+
+    root = tmp_path_factory.mktemp("tiny-upscalers")
+    return {scale: build_tiny_upscaler(root / f"x{scale}.safetensors", scale=scale) for scale in (2, 4)}
+
+
+def register_upscaler_file(db_url: str, path: Path, name: str) -> str:
+    """Migrate `db_url` and register the upscaler file at `path` there (enabled); returns its id."""
+    from dreamforge.registry.install import register_upscaler
+
+    upgrade_to_head(db_url)
+    engine = create_db_engine(db_url)
+    try:
+        with transaction(make_session_factory(engine)) as s:
+            return str(register_upscaler(s, name=name, path=path, source="tiny:random", is_tiny=True).id)
+    finally:
+        engine.dispose()
+
+
 def stage_job(sessions: sessionmaker[Session], **params: object) -> uuid.UUID:
     """Commit a generate job (64x64, 2 steps unless `params` say otherwise) as the API would."""
     from dreamforge.jobs.service import create_job
@@ -157,6 +179,11 @@ class Stack:
     @property
     def base(self) -> str:
         return self.api.base
+
+    @property
+    def registry_url(self) -> str:
+        """The database the stack's registry lives in (what `dreamforge model ...` would use)."""
+        return self.db_url or f"sqlite:///{self.api.data_dir / 'dreamforge.db'}"
 
     def add_worker(
         self, *, queue_flag: bool = False, command: list[str] | None = None, **extra_env: str

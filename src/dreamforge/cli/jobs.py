@@ -29,6 +29,7 @@ from dreamforge.api.schemas import (
     LogEvent,
     ProgressResponse,
     Scheduler,
+    UpscaleMethod,
 )
 from dreamforge.cli.output import (
     OutputFormat,
@@ -159,6 +160,8 @@ def _status_table(status: JobStatusResponse) -> Table:
         ("started", status.started_at.isoformat(timespec="seconds") if status.started_at else ""),
         ("finished", status.finished_at.isoformat(timespec="seconds") if status.finished_at else ""),
     ]
+    if len(status.steps) > 1:
+        rows.append(("steps", ", ".join(f"{step.name} {step.status}" for step in status.steps)))
     if status.cancel_requested_at is not None:
         rows.append(("cancel requested", status.cancel_requested_at.isoformat(timespec="seconds")))
     if status.error is not None:
@@ -168,20 +171,30 @@ def _status_table(status: JobStatusResponse) -> Table:
     return table
 
 
-def _artifacts_table(artifacts: list[Artifact], paths: dict[int, str]) -> Table:
+def _artifact_name(artifact: Artifact) -> str:
+    """The file an artifact downloads to: `<item>.<fmt>`, `<item>-base.<fmt>` for a base image."""
+    suffix = "-base" if artifact.stage == "base" else ""
+    return f"{artifact.item_index}{suffix}.{artifact.format.value}"
+
+
+def _artifacts_table(artifacts: list[Artifact], paths: dict[str, str]) -> Table:
     table = Table(box=None, pad_edge=False)
     table.add_column("ITEM", justify="right", no_wrap=True)
+    with_stage = any(a.stage != "final" for a in artifacts)
+    if with_stage:
+        table.add_column("STAGE", no_wrap=True)
     table.add_column("FORMAT", no_wrap=True)
     table.add_column("SIZE", no_wrap=True)
     table.add_column("SEED", no_wrap=True)
     table.add_column("BYTES", justify="right", no_wrap=True)
     table.add_column("FILE" if paths else "URL EXPIRES", overflow="fold")
     for a in artifacts:
-        where = paths.get(a.item_index, "")
+        where = paths.get(_artifact_name(a), "")
         if not paths:
             where = a.expires_at.isoformat(timespec="seconds") if a.expires_at else ""
         table.add_row(
             str(a.item_index),
+            *([a.stage] if with_stage else []),
             a.format.value,
             f"{a.width}x{a.height}",
             "" if a.seed is None else str(a.seed),
@@ -197,14 +210,16 @@ def _progress_table(progress: ProgressResponse) -> Table:
     table.add_column("PROGRESS", justify="right", no_wrap=True)
     table.add_column("STATUS", no_wrap=True)
     table.add_column("SEED", no_wrap=True)
+    table.add_column("STAGE", no_wrap=True)
     overall_status = progress.status.value if progress.status else ""
-    table.add_row("overall", f"{progress.progress:.0%}", overall_status, "", style="bold")
+    table.add_row("overall", f"{progress.progress:.0%}", overall_status, "", "", style="bold")
     for item in progress.items:
         table.add_row(
             str(item.item_index),
             f"{item.progress:.0%}",
             item.status or "",
             "" if item.seed is None else str(item.seed),
+            item.stage or "",
         )
     return table
 
@@ -251,6 +266,26 @@ def create(
     idempotency_key: Annotated[
         str | None, typer.Option(help="Retry-safe key: the same key and parameters return the same job.")
     ] = None,
+    upscale: Annotated[
+        int | None,
+        typer.Option(help="Enlarge each image 2 or 4 times after generating it (the `upscale` step)."),
+    ] = None,
+    upscale_method: Annotated[
+        UpscaleMethod | None,
+        typer.Option(help="model: the upscaler alone; refine: then an img2img pass (hires fix)."),
+    ] = None,
+    denoise: Annotated[
+        float | None, typer.Option(help="refine: how much the img2img pass changes, 0-1 (default 0.35).")
+    ] = None,
+    hires_steps: Annotated[
+        int | None, typer.Option(help="refine: the img2img pass's steps (default 20).")
+    ] = None,
+    upscaler: Annotated[
+        uuid.UUID | None, typer.Option(help="Upscaler model (default: the newest enabled one).")
+    ] = None,
+    keep_base: Annotated[
+        bool, typer.Option("--keep-base", help="Also keep each image before upscaling.")
+    ] = False,
     wait: Annotated[
         bool, typer.Option("--wait", help="Follow the job to its end; exit 4 if it fails or is canceled.")
     ] = False,
@@ -263,6 +298,7 @@ def create(
 
     Prints `{"job": {"id", "status", ...}}`. Unset options are left to the server's defaults. With
     --wait, follows the job with a progress bar on stderr and prints its final status and artifacts.
+    With --upscale, downloads name the base images `<item>-base.<fmt>`.
     """
     options: dict[str, Any] = {
         "negative_prompt": negative_prompt,
@@ -277,6 +313,20 @@ def create(
     }
     body = {"type": "generate", "prompt": prompt, "width": width, "height": height}
     body |= {k: v for k, v in options.items() if v is not None}
+    upscale_options: dict[str, Any] = {
+        "method": upscale_method.value if upscale_method else None,
+        "denoise": denoise,
+        "steps": hires_steps,
+        "upscaler_model_id": str(upscaler) if upscaler else None,
+        "keep_base": keep_base or None,
+    }
+    given = {k: v for k, v in upscale_options.items() if v is not None}
+    if upscale is not None:
+        body["upscale"] = {"scale": upscale, **given}
+    elif given:
+        raise fail(
+            "--upscale-method, --denoise, --hires-steps, --upscaler and --keep-base need --upscale", code=2
+        )
     with _api(api_base, verbose) as client:
         created = client.create_job(body, idempotency_key=idempotency_key)
         job_id = created.job.id
@@ -395,24 +445,27 @@ def artifacts(
 
     With --download DIR, saves them there (a file appears only once complete and verified).
     """
-    records: dict[int, dict[str, Any]] = {}
-    paths: dict[int, str] = {}
+    records: dict[str, dict[str, Any]] = {}
+    paths: dict[str, str] = {}
     with _api(api_base, verbose) as client:
         listed = client.list_artifacts(job_id).artifacts
         if download is not None:
             download.mkdir(parents=True, exist_ok=True)
             with progress_for(err, quiet=quiet) as progress:
                 for artifact in listed:
-                    path = download / f"{artifact.item_index}.{artifact.format.value}"
+                    name = _artifact_name(artifact)
+                    path = download / name
                     fetched = _fetch(client, job_id, artifact, path, progress)
-                    paths[artifact.item_index] = str(path)
-                    records[artifact.item_index] = {"path": str(path), "downloaded": fetched}
+                    paths[name] = str(path)
+                    records[name] = {"path": str(path), "downloaded": fetched}
             if not listed and not quiet:
                 note(f"job {job_id} has no artifacts yet")
     if output is OutputFormat.table:
         emit_table(_artifacts_table(listed, paths))
         return
-    emit_json({"artifacts": [{**a.model_dump(mode="json"), **records.get(a.item_index, {})} for a in listed]})
+    emit_json(
+        {"artifacts": [{**a.model_dump(mode="json"), **records.get(_artifact_name(a), {})} for a in listed]}
+    )
 
 
 def _fetch(
@@ -429,9 +482,9 @@ def _fetch(
         if exc.status != 403:
             raise
         # The signed URL expired while earlier files downloaded: sign a new one and try once more.
-        fresh = {a.item_index: a for a in client.list_artifacts(job_id).artifacts}
+        fresh = {a.id: a for a in client.list_artifacts(job_id).artifacts}
         progress.start(path.name, artifact.size_bytes, 0)
-        client.download_artifact(fresh[artifact.item_index], path, on_bytes=progress.advance)
+        client.download_artifact(fresh[artifact.id], path, on_bytes=progress.advance)
     progress.finish()
     return True
 

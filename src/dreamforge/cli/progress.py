@@ -203,10 +203,17 @@ class JobBars:
             p.update(self._overall, note=data.get("status", ""))
         elif event.event == EventKind.progress:
             item = self._item(int(data["item_index"]))
-            p.update(item, completed=data["progress"], note=f"step {data.get('step')}/{data.get('steps')}")
+            stage = data.get("stage")
+            # Which stage the steps count in (denoise, upscale, refine) once there is more than one.
+            where = f"{stage} " if stage and stage != "denoise" else ""
+            p.update(
+                item, completed=data["progress"], note=f"{where}step {data.get('step')}/{data.get('steps')}"
+            )
             p.update(self._overall, completed=data.get("overall", 0.0))
         elif event.event == EventKind.artifact:
             index = int(data.get("item_index", 0))
+            if (data.get("artifact") or {}).get("stage") == "base":
+                return  # the item's delivered image is still to come
             self._stored.add(index)
             p.update(self._item(index), completed=1.0, note="stored", visible=self._count <= _ALL_ITEM_BARS)
         elif event.event == EventKind.log:

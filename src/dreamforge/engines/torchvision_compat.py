@@ -48,7 +48,7 @@ def ensure_torchvision_importable() -> bool:
 
         try:
             # What torchvision's own import does first; loading it twice is harmless.
-            torch.ops.load_library(str(library))
+            torch.ops.load_library(str(library))  # type: ignore[no-untyped-call]
             return False
         except OSError:
             pass
