@@ -247,6 +247,7 @@ def test_a_worker_whose_gpu_fails_exits_and_the_next_worker_finishes_the_job(
     fault = [
         sys.executable,
         str(Path(__file__).parents[1] / "fault_worker.py"),
+        "gpu",
         str(tmp_path / "fired"),
         "--",
     ]
