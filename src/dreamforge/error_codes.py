@@ -64,6 +64,7 @@ class ErrorCode(StrEnum):
     checksum_mismatch = "checksum_mismatch"
     not_a_model = "not_a_model"
     not_an_upscaler = "not_an_upscaler"
+    not_a_checkpoint = "not_a_checkpoint"
     transfer_failed = "transfer_failed"
     unsafe_file = "unsafe_file"
     model_name_taken = "model_name_taken"
@@ -244,11 +245,20 @@ CATALOG: dict[ErrorCode, CodeInfo] = {
     ErrorCode.not_an_upscaler: _info(
         422, False, _CLI, "The file holds no RGB super-resolution model that spandrel recognises."
     ),
+    ErrorCode.not_a_checkpoint: _info(
+        422,
+        False,
+        _CLI,
+        "The file or Civitai model is not an SDXL checkpoint, though `--kind sdxl-checkpoint` asks for one.",
+    ),
     ErrorCode.transfer_failed: _info(
         502, True, _CLI, "Every try of a download failed transiently; running the command again resumes it."
     ),
     ErrorCode.unsafe_file: _info(
-        422, False, _CLI, "A file the registry refuses: a pickle checkpoint, an unsafe name or path."
+        422,
+        False,
+        _CLI,
+        "A file the registry refuses: a pickle file (checkpoint or upscaler), an unsafe name or path.",
     ),
     ErrorCode.model_name_taken: _info(409, False, _CLI, "A model with this name is already registered."),
     ErrorCode.invalid_response: _info(

@@ -178,3 +178,17 @@ def test_a_job_with_no_model_installed_says_how_to_install_one(tmp_path: Path) -
     body = response.json()
     assert body["code"] == "no_model_installed"
     assert "dreamforge model download" in body["message"] and "civitai:" in body["message"]
+
+
+def test_download_kind_refuses_a_file_of_the_other_kind(session: Session) -> None:
+    ref = f"hf:{SINGLE_REPO}#tiny.safetensors"
+
+    code, out, err = session.cli("model", "download", ref, "--kind", "upscaler")
+    message = " ".join(err.split())
+    assert code == 1 and out is None and "Traceback" not in err
+    assert "tiny.safetensors is an SDXL checkpoint, not an upscaler; drop --kind upscaler" in message
+    assert not (session.data_dir / "models" / "tiny-sdxl-single-tiny").exists()
+    assert session.hub.hits(path_contains="stable-diffusion-xl-base") == []
+
+    code, _, err = session.cli("model", "download", ref, "--kind", "lora")
+    assert code == 2 and "'lora' is not one of" in " ".join(err.split())

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
@@ -49,6 +50,25 @@ RefArg = Annotated[
     ),
 ]
 ModelArg = Annotated[str, typer.Argument(help="Model id, name, or the ref it was installed from.")]
+
+
+# Literal copies of registry.install's kinds: importing it would load SQLAlchemy for `--help`.
+class DownloadKind(StrEnum):
+    """`model download --kind`: what the file must be; `auto` asks Civitai or the file's tensor names."""
+
+    auto = "auto"
+    sdxl_checkpoint = "sdxl-checkpoint"
+    upscaler = "upscaler"
+
+
+class TinyKind(StrEnum):
+    """`model create-tiny --kind`: which tiny random-weight model to build."""
+
+    sdxl_checkpoint = "sdxl-checkpoint"
+    upscaler = "upscaler"
+
+
+TINY_SCALES = (2, 4)
 
 
 @contextmanager
@@ -103,20 +123,22 @@ def _find(session: Session, key: str) -> Model:
 
 
 def _table(models: list[Model]) -> Table:
-    # Fits 80 columns: names stay whole (up to 30 characters), long sources and versions are cut.
+    # Fits 80 columns: names stay whole (up to 30 characters, longer ones fold), long versions are
+    # cut, and SOURCE, the one column rich may shrink, gets what is left (`get` shows it whole).
+    # A NAME that could shrink would be the one rich squeezed away first, with long Hub sources.
     table = Table(box=None, pad_edge=False)
     table.add_column("ID", no_wrap=True)
-    table.add_column(
-        "NAME", overflow="fold", min_width=min(30, max((len(m.name) for m in models), default=4))
-    )
+    table.add_column("NAME", overflow="fold", width=min(30, max([4, *(len(m.name) for m in models)])))
+    table.add_column("KIND", no_wrap=True)
     table.add_column("VERSION", no_wrap=True, overflow="ellipsis", max_width=12)
-    table.add_column("SOURCE", no_wrap=True, overflow="ellipsis")
+    table.add_column("SOURCE", overflow="ellipsis")
     table.add_column("SIZE", justify="right", no_wrap=True)
     table.add_column("ON", no_wrap=True)
     for m in models:
         table.add_row(
             str(m.id)[:8],
             m.name,
+            _kind_label(m),
             m.version or "",
             m.source or "",
             f"{m.size_bytes / 1e9:.2f} GB" if m.size_bytes >= 1e8 else f"{m.size_bytes / 1e6:.1f} MB",
@@ -125,26 +147,42 @@ def _table(models: list[Model]) -> Table:
     return table
 
 
+def _kind_label(model: Model) -> str:
+    """`sdxl-checkpoint`, or `upscaler x4` with the upscaler's native scale."""
+    scale = (model.extra or {}).get("scale")
+    return f"{model.kind} x{scale}" if model.kind == DownloadKind.upscaler and scale else model.kind
+
+
 @app.command("download")
 def download(
     ref: RefArg,
     enable: Annotated[bool, typer.Option("--enable", help="Make it available to jobs right away.")] = False,
     name: Annotated[str | None, typer.Option(help="Registry name (default: from the source).")] = None,
     version: Annotated[str | None, typer.Option(help="Version label (default: from the source).")] = None,
+    kind: Annotated[
+        DownloadKind,
+        typer.Option(
+            help="What the model must be; auto: Civitai's model type, or a Hub file's tensor names.",
+            case_sensitive=False,
+        ),
+    ] = DownloadKind.auto,
     output: OutputOpt = OutputFormat.json,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Download a checkpoint, verify its SHA-256, and register it (resumes an interrupted download).
+    """Download a checkpoint or upscaler, verify its SHA-256, and register it (resumes if interrupted).
+
+    A single .safetensors file is an SDXL checkpoint or an upscaler (ESRGAN family, loaded by
+    spandrel): Civitai's model type says which, or else the file's tensor names; --kind forces one.
 
     HF_TOKEN goes only to the Hugging Face endpoint (HF_ENDPOINT), CIVITAI_TOKEN only to Civitai.
 
-    Only .safetensors files are installed; pickle formats (.ckpt, .pt, .bin) are refused.
+    Only .safetensors files are installed; pickle formats (.ckpt, .pt, .pth, .bin) are refused.
     """
     from dreamforge.registry import repository as models_repo
     from dreamforge.registry.download import InvalidModelName, ModelDownloader
     from dreamforge.registry.formats import UnsafeFile
-    from dreamforge.registry.install import ModelNameTaken
+    from dreamforge.registry.install import ModelNameTaken, NotACheckpoint, NotAnUpscaler
     from dreamforge.registry.refs import RefError, parse_ref
     from dreamforge.registry.transfer import DownloadError
 
@@ -161,11 +199,11 @@ def download(
         try:
             with progress_for(err, quiet=quiet) as progress:
                 result = ModelDownloader(settings, sessions, client, progress).download(
-                    parsed, name=name, version=version, enable=enable
+                    parsed, name=name, version=version, enable=enable, kind=kind.value
                 )
         except InvalidModelName as exc:
             raise fail(str(exc), code=2) from None
-        except (DownloadError, UnsafeFile, ModelNameTaken) as exc:
+        except (DownloadError, UnsafeFile, ModelNameTaken, NotAnUpscaler, NotACheckpoint) as exc:
             raise fail(str(exc)) from None
         except KeyboardInterrupt:
             raise fail("interrupted; run the same command again to resume the download", code=130) from None
@@ -177,8 +215,9 @@ def download(
     if not quiet:
         verb = "already installed" if result.already_installed else "installed"
         state = "enabled" if record["enabled"] else "disabled (use --enable or `dreamforge model enable`)"
+        what = f"{_kind_label(model)}, " if model.kind == DownloadKind.upscaler else ""
         err.print(
-            f"{verb}: {record['name']} ({record['id']}), {state}; "
+            f"{verb}: {record['name']} ({record['id']}), {what}{state}; "
             f"{result.fetched_bytes:,} bytes fetched in {time.monotonic() - started:.1f}s"
         )
     if output is OutputFormat.table:
@@ -288,27 +327,52 @@ def disable_model(model: ModelArg, output: OutputOpt = OutputFormat.json) -> Non
 
 @app.command("create-tiny")
 def create_tiny(
-    name: Annotated[str, typer.Option(help="Registry name for the model.")] = "tiny-sdxl",
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Registry name for the model [default: tiny-sdxl, or tiny-upscaler]", show_default=False
+        ),
+    ] = None,
+    kind: Annotated[
+        TinyKind, typer.Option(help="An SDXL checkpoint, or an ESRGAN upscaler.", case_sensitive=False)
+    ] = TinyKind.sdxl_checkpoint,
+    scale: Annotated[
+        int | None,
+        typer.Option(help="The upscaler's native scale: 2 or 4 [default: 4]", show_default=False),
+    ] = None,
     single_file: Annotated[
         bool,
         typer.Option("--single-file", help="Write one original-layout .safetensors plus a config folder."),
     ] = False,
 ) -> None:
-    """Build a tiny SDXL-architecture model with RANDOM weights (its images are noise) and enable it.
+    """Build a tiny SDXL-architecture model or upscaler with RANDOM weights (images are noise); enable it.
 
-    It loads through the same code path as a real checkpoint, for tests and demos without downloads.
+    It loads through the same code path as a real model, for tests and demos without downloads.
     """
     from dreamforge.db.session import transaction
-    from dreamforge.registry.install import ModelNameTaken, create_tiny_model
+    from dreamforge.registry.install import ModelNameTaken, create_tiny_model, create_tiny_upscaler
     from dreamforge.registry.tiny import TINY_NOTE
 
+    upscaler = kind is TinyKind.upscaler
+    if upscaler and single_file:
+        raise fail("--single-file applies to checkpoints only; an upscaler is always one file", code=2)
+    if not upscaler and scale is not None:
+        raise fail("--scale applies to --kind upscaler only", code=2)
+    if scale is not None and scale not in TINY_SCALES:
+        raise fail(f"--scale must be one of {', '.join(map(str, TINY_SCALES))}, not {scale}", code=2)
+    name = name or ("tiny-upscaler" if upscaler else "tiny-sdxl")
     with _registry() as (settings, sessions):
         try:
             with transaction(sessions) as session:
-                model = create_tiny_model(session, settings.models_dir, name, single_file=single_file)
+                if upscaler:
+                    model = create_tiny_upscaler(session, settings.models_dir, name, scale=scale or 4)
+                else:
+                    model = create_tiny_model(session, settings.models_dir, name, single_file=single_file)
                 out = {
                     "id": str(model.id),
                     "name": model.name,
+                    "kind": model.kind,
+                    "scale": (model.extra or {}).get("scale") if upscaler else None,
                     "layout": model.layout,
                     "path": model.path,
                     "sha256": model.sha256,

@@ -25,15 +25,20 @@ from dreamforge.registry.transfer import (
 )
 
 TOKEN_HINT = "set CIVITAI_TOKEN to an API key from civitai.com/user/account"
+# Civitai model types Dream Forge installs (`model.type` of a version); LoRAs, VAEs, ... are refused.
+CHECKPOINT_TYPE = "Checkpoint"
+UPSCALER_TYPE = "Upscaler"
+SUPPORTED_TYPES = (CHECKPOINT_TYPE, UPSCALER_TYPE)
 
 
 @dataclass(frozen=True)
 class CivitaiVersion:
-    """What Civitai publishes about one model version, and the checkpoint file to fetch."""
+    """What Civitai publishes about one model version, and the model file to fetch."""
 
     version_id: int
     model_id: int
     model_name: str
+    model_type: str  # one of SUPPORTED_TYPES
     version_name: str
     base_model: str
     file: RemoteFile
@@ -99,7 +104,7 @@ class CivitaiSource:
         return body
 
     def version(self, ref: CivitaiRef) -> CivitaiVersion:
-        """The version's metadata and its checkpoint file; refuses pickle-only versions."""
+        """The version's metadata and its model file; refuses pickle-only versions and unsupported types."""
         what = str(ref)
         data = self._get_json(f"{self.endpoint}/api/v1/model-versions/{ref.version_id}", what)
         model_id = int(data.get("modelId") or 0)
@@ -108,9 +113,11 @@ class CivitaiSource:
                 f"{what}: version {ref.version_id} belongs to model {model_id}, not {ref.model_id}"
             )
         model = data.get("model") or {}
-        if str(model.get("type", "Checkpoint")) != "Checkpoint":
+        model_type = str(model.get("type", CHECKPOINT_TYPE))
+        if model_type not in SUPPORTED_TYPES:
             raise DownloadError(
-                f"{what} is a {model.get('type')}, not a checkpoint; only checkpoints are supported"
+                f"{what} is a {model_type} model; Dream Forge installs only these Civitai model types: "
+                + ", ".join(SUPPORTED_TYPES)
             )
         chosen = self._pick_file(what, list(data.get("files") or []))
         name = safe_filename(str(chosen.get("name") or f"civitai-{ref.version_id}.safetensors"))
@@ -121,6 +128,7 @@ class CivitaiSource:
             version_id=ref.version_id,
             model_id=model_id,
             model_name=str(model.get("name") or f"civitai-{model_id}"),
+            model_type=model_type,
             version_name=str(data.get("name") or ref.version_id),
             base_model=str(data.get("baseModel") or ""),
             file=RemoteFile(

@@ -7,6 +7,7 @@ import re
 import struct
 from email.message import Message
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from dreamforge.error_codes import ErrorCode
 from dreamforge.errors import DreamForgeError
@@ -14,6 +15,9 @@ from dreamforge.errors import DreamForgeError
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
 # The safetensors header is JSON of a few hundred KB at most; anything larger is not a checkpoint.
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+# Top-level modules of an original-layout (single-file) checkpoint: UNet, text encoders, VAE. No
+# upscaler architecture spandrel knows names its tensors like these.
+_CHECKPOINT_PREFIXES = ("model.diffusion_model.", "conditioner.", "first_stage_model.")
 _UNSAFE_CHARS = re.compile(r"[^\w.\-+() ]")
 _MAX_NAME = 200
 
@@ -26,11 +30,11 @@ class UnsafeFile(DreamForgeError):
 
 
 def pickle_refusal(name: str) -> str:
-    """Why a pickle checkpoint is refused, for the error a user sees."""
+    """Why a pickle file (checkpoint or upscaler) is refused, for the error a user sees."""
     return (
-        f"refusing {name!r}: pickle checkpoints (.ckpt, .pt, .pth, .bin) can run arbitrary code when "
-        "they are loaded, so Dream Forge installs .safetensors files only; pick the SafeTensor file of "
-        "this model instead"
+        f"refusing {name!r}: pickle files (pickle checkpoints and upscalers alike: .ckpt, .pt, .pth, "
+        ".bin) can run arbitrary code when they are loaded, so Dream Forge installs .safetensors files "
+        "only; pick a .safetensors (SafeTensor) file of this model instead"
     )
 
 
@@ -40,7 +44,7 @@ def require_safetensors(name: str) -> None:
     if suffix in PICKLE_SUFFIXES:
         raise UnsafeFile(pickle_refusal(name))
     if suffix != ".safetensors":
-        raise UnsafeFile(f"refusing {name!r}: only .safetensors checkpoints are supported")
+        raise UnsafeFile(f"refusing {name!r}: only .safetensors files are supported")
 
 
 def safe_filename(name: str) -> str:
@@ -103,8 +107,8 @@ def error_page_summary(head: bytes) -> str:
     return " ".join(snippet.split())[:120]
 
 
-def check_safetensors_header(path: Path) -> None:
-    """Raise `UnsafeFile` unless `path` starts with a well-formed safetensors header."""
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of the safetensors file at `path`; `UnsafeFile` unless it is well-formed."""
     size = path.stat().st_size
     with path.open("rb") as f:
         raw = f.read(8)
@@ -119,3 +123,19 @@ def check_safetensors_header(path: Path) -> None:
             raise UnsafeFile(f"{path.name} is not a safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
         raise UnsafeFile(f"{path.name} is not a safetensors file (its header is not a JSON object)")
+    return header
+
+
+def check_safetensors_header(path: Path) -> None:
+    """Raise `UnsafeFile` unless `path` starts with a well-formed safetensors header."""
+    read_safetensors_header(path)
+
+
+def looks_like_checkpoint(path: Path) -> bool:
+    """True when `path`'s tensor names are an original-layout Stable Diffusion checkpoint's (SDXL's).
+
+    Reads the JSON header only, so telling a 6 GB checkpoint from an upscaler costs no tensor load.
+    """
+    return any(
+        key.startswith(_CHECKPOINT_PREFIXES) for key in read_safetensors_header(path) if key != "__metadata__"
+    )

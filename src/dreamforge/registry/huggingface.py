@@ -145,7 +145,7 @@ class HuggingFaceSource:
         )
 
     def single_file(self, ref: HfRef, snap: HfSnapshot) -> RemoteFile:
-        """The one checkpoint file of a `hf:repo#file` reference."""
+        """The one file (checkpoint or upscaler) of a `hf:repo#file` reference; pickles are refused."""
         assert ref.filename is not None
         require_safetensors(ref.filename)
         return self.remote_file(snap, ref.filename, dest=PurePosixPath(ref.filename).name)

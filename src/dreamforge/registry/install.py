@@ -28,6 +28,13 @@ class NotAnUpscaler(DreamForgeError):
     status = 422
 
 
+class NotACheckpoint(DreamForgeError):
+    """A file installed as an SDXL checkpoint holds no original-layout checkpoint (e.g. an upscaler)."""
+
+    code = ErrorCode.not_a_checkpoint
+    status = 422
+
+
 class ModelNameTaken(DreamForgeError):
     """A model with this name is already registered."""
 
