@@ -251,20 +251,23 @@ def distributed_stack(
             if db_port is None
             else make_url(db_url).set(port=db_port).render_as_string(hide_password=False)
         )
-        env = cli_env(
-            data_dir,
-            DF_DB_URL=served_db_url,
-            DF_REDIS_URL=broker,
-            DF_QUEUE=f"gpu.default.test-{tag}",
-            DF_SIGNING_SECRET="e2e-secret",
-            DF_SSE_PING_SECONDS="1",
+        defaults = {
+            "DF_DB_URL": served_db_url,
+            "DF_REDIS_URL": broker,
+            "DF_QUEUE": f"gpu.default.test-{tag}",
+            "DF_SIGNING_SECRET": "e2e-secret",
+            "DF_SSE_PING_SECONDS": "1",
             # Short leases and sweeps, so a killed worker's job is recovered within seconds.
-            DF_LEASE_SECONDS="3",
-            DF_RECOVERY_INTERVAL_SECONDS="0.5",
-            DF_STORAGE_RETRY_ATTEMPTS="2",
+            "DF_LEASE_SECONDS": "3",
+            "DF_RECOVERY_INTERVAL_SECONDS": "0.5",
+            "DF_STORAGE_RETRY_ATTEMPTS": "2",
+            # Every worker of one machine's tests would want the default metrics port; a test that
+            # scrapes a worker gives it a port of its own.
+            "DF_METRICS_PORT": "0",
             **s3.env(bucket),
-            **extra,
-        )
+        }
+        # `extra` overrides any of these (a test's proxy as the S3 endpoint, more storage retries).
+        env = cli_env(data_dir, **{**defaults, **extra})
         data_dir.mkdir(parents=True, exist_ok=True)
         stack = Stack(
             "distributed", ServerProcess(data_dir=data_dir, env=env), env, db_url=db_url, bucket=bucket

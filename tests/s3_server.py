@@ -60,6 +60,11 @@ class MotoS3:
             config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
         )
 
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """The keys stored in `bucket` under `prefix`, sorted."""
+        listed = self.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+        return sorted(o["Key"] for o in listed.get("Contents", []))
+
     def env(self, bucket: str) -> dict[str, str]:
         """The DF_MINIO_* variables pointing a `dreamforge` subprocess at this server and `bucket`."""
         return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -147,7 +148,8 @@ class ServerProcess(DreamforgeProcess):
 
         def answers() -> bool:
             try:
-                return httpx.get(f"{self.base}/models", timeout=1).status_code == 200
+                # Open with or without DF_AUTH; uvicorn answers once the app's startup has finished.
+                return httpx.get(f"{self.root}/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
 
@@ -325,6 +327,15 @@ def read_sse(
                 if stop_after is not None and len(events) >= stop_after:
                     break
     return events
+
+
+def assert_artifacts_downloadable(artifacts: list[dict[str, Any]]) -> None:
+    """Each artifact's URL downloads its bytes, with its content type and its recorded sha256."""
+    for art in artifacts:
+        download = httpx.get(art["url"])
+        assert download.status_code == 200, (art["url"], download.status_code)
+        assert download.headers["content-type"] == art["content_type"]
+        assert hashlib.sha256(download.content).hexdigest() == art["sha256"], art
 
 
 def wait_until(condition: Callable[[], bool], message: str, timeout: float = 120) -> None:

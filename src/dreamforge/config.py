@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, ge=1)
     # How often the API re-queues abandoned jobs and re-sends jobs the broker never received.
     recovery_interval_seconds: float = Field(default=5.0, gt=0)
+    # Finished jobs (succeeded, failed, canceled) are deleted with their events and artifacts (rows and
+    # stored bytes) this many days after they finished; 0 keeps them forever. API processes sweep.
+    retention_days: float = Field(default=0.0, ge=0)
+    # How often an API process sweeps for expired jobs when `retention_days` is set.
+    retention_sweep_seconds: float = Field(default=3600.0, gt=0)
     # A job still running after this long fails with `time_limit_exceeded`. The broker's visibility
     # timeout is derived from it, so a healthy long job is never redelivered while it runs.
     job_time_limit_seconds: int = Field(default=3600, ge=10)
@@ -98,13 +103,29 @@ class Settings(BaseSettings):
     upscale_tile: int = Field(default=512, ge=0, le=4096)
     # Restart a Celery worker process after this many jobs (0: never), for long-running GPU boxes.
     worker_max_jobs: int = Field(default=0, ge=0)
+    # Port of a Celery worker's own Prometheus `/metrics` listener (0: none). API processes serve
+    # `/metrics` on their own port instead.
+    metrics_port: int = Field(default=9101, ge=0, le=65535)
+    # Process log lines: `text` for people, `json` (one object per line) for log shippers.
+    log_format: Literal["text", "json"] = "text"
 
+    # `required`: every /v1 request but artifact downloads needs an API key (`dreamforge apikey create`),
+    # and a job is visible to its own key alone. `off` (the seed's local dev mode): anyone sees everything.
+    auth: Literal["off", "required"] = "off"
+    # Request size bounds: a job request is a few KB, so these only stop abuse (413 / 431).
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    # Per-key quota defaults (a key may set its own); 0 means no cap.
+    quota_active_jobs: int = Field(default=100, ge=0)
+    quota_images_per_day: int = Field(default=10_000, ge=0)
     # Seconds between SSE keep-alive comments while a job is idle.
     sse_ping_seconds: float = Field(default=15.0, gt=0)
     # Open progress streams this API process serves in all, and for one job; beyond, 429 too_many_streams.
     # Streams of a job share one database read per batch of events, so these bound memory and sockets.
     sse_max_streams: int = Field(default=2000, ge=1)
     sse_max_streams_per_job: int = Field(default=1000, ge=1)
+    # Per API key and process (DF_AUTH=required): one client cannot hold every stream slot.
+    sse_max_streams_per_key: int = Field(default=100, ge=1)
 
     @property
     def database_url(self) -> str:

@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     method_not_allowed = "method_not_allowed"
     not_acceptable = "not_acceptable"
     payload_too_large = "payload_too_large"
+    headers_too_large = "headers_too_large"
     unsupported_media_type = "unsupported_media_type"
     internal_error = "internal_error"
     database_unavailable = "database_unavailable"
@@ -35,6 +36,7 @@ class ErrorCode(StrEnum):
     not_ready = "not_ready"
     # API answers: jobs.
     queue_full = "queue_full"
+    quota_exceeded = "quota_exceeded"
     too_many_streams = "too_many_streams"
     limit_exceeded = "limit_exceeded"
     idempotency_key_reused = "idempotency_key_reused"
@@ -68,6 +70,7 @@ class ErrorCode(StrEnum):
     transfer_failed = "transfer_failed"
     unsafe_file = "unsafe_file"
     model_name_taken = "model_name_taken"
+    key_name_taken = "key_name_taken"
     # Made by the Python client for answers it cannot use.
     invalid_response = "invalid_response"
     artifact_mismatch = "artifact_mismatch"
@@ -113,7 +116,11 @@ CATALOG: dict[ErrorCode, CodeInfo] = {
     ),
     ErrorCode.bad_request: _info(400, False, _API, "The framework rejected the request as malformed."),
     ErrorCode.unauthorized: _info(
-        401, False, _API, "An HTTP 401 from the framework (the API itself has no authentication)."
+        401,
+        False,
+        _API,
+        "With `DF_AUTH=required`: no API key, an unknown one or a revoked one (`details.reason`); the "
+        "answer carries `WWW-Authenticate`.",
     ),
     ErrorCode.forbidden: _info(403, False, _API, "An HTTP 403 from the framework."),
     ErrorCode.not_found: _info(
@@ -127,7 +134,12 @@ CATALOG: dict[ErrorCode, CodeInfo] = {
     ErrorCode.not_acceptable: _info(
         406, False, _API, "The `Accept` header asks for nothing the route serves."
     ),
-    ErrorCode.payload_too_large: _info(413, False, _API, "The request body is too large."),
+    ErrorCode.payload_too_large: _info(
+        413, False, _API, "The request body is larger than `DF_MAX_BODY_BYTES` (1 MiB by default)."
+    ),
+    ErrorCode.headers_too_large: _info(
+        431, False, _API, "The request's headers are larger than `DF_MAX_HEADER_BYTES` (16 KiB by default)."
+    ),
     ErrorCode.unsupported_media_type: _info(
         415, False, _API, "The request body's content type is not supported."
     ),
@@ -143,6 +155,13 @@ CATALOG: dict[ErrorCode, CodeInfo] = {
     ),
     ErrorCode.queue_full: _info(
         429, True, _API, "`DF_MAX_QUEUED_JOBS` jobs are queued; retry after the `Retry-After` seconds."
+    ),
+    ErrorCode.quota_exceeded: _info(
+        429,
+        True,
+        _API,
+        "The API key has its most jobs queued or running, or made its most images in 24 h; "
+        "`details.limit` names which; retry after `Retry-After`.",
     ),
     ErrorCode.too_many_streams: _info(
         429,
@@ -261,6 +280,7 @@ CATALOG: dict[ErrorCode, CodeInfo] = {
         "A file the registry refuses: a pickle file (checkpoint or upscaler), an unsafe name or path.",
     ),
     ErrorCode.model_name_taken: _info(409, False, _CLI, "A model with this name is already registered."),
+    ErrorCode.key_name_taken: _info(409, False, _CLI, "An API key with this name exists already."),
     ErrorCode.invalid_response: _info(
         None,
         False,

@@ -234,6 +234,7 @@ def _distributed(
         dispatcher,
         max_attempts=settings.max_attempts,
         interval_seconds=settings.recovery_interval_seconds,
+        broker_reset=dispatcher.broker_reset,
     )
     return parts, dispatcher, [notifier, reconciler]
 
@@ -246,13 +247,30 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         parts, dispatcher, services = _distributed(
             settings, make_celery(settings), listen=True, migrate=migrate
         )
-        return parts.runtime(dispatcher, services)
+        return parts.runtime(dispatcher, [*services, *_retention(parts)])
     from dreamforge.worker.inprocess import InProcessRunner
 
     parts = _common(settings, LocalNotifier(), migrate=migrate)
     ctx = parts.worker_context()
     runner = InProcessRunner(ctx)
-    return parts.runtime(runner, [runner], worker_context=ctx)
+    return parts.runtime(runner, [runner, *_retention(parts)], worker_context=ctx)
+
+
+def _retention(parts: _Parts) -> list[Service]:
+    """The retention sweeper of an API process, when `DF_RETENTION_DAYS` is set (replicas may all run
+    one: their sweeps lock different jobs)."""
+    if parts.settings.retention_days <= 0:
+        return []
+    from dreamforge.jobs.retention import RetentionSweeper
+
+    return [
+        RetentionSweeper(
+            parts.sessions,
+            parts.store,
+            days=parts.settings.retention_days,
+            interval_seconds=parts.settings.retention_sweep_seconds,
+        )
+    ]
 
 
 def build_worker_runtime(settings: Settings, celery: Celery) -> Runtime:

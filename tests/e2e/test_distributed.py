@@ -6,7 +6,6 @@ Redis on loopback, and moto's S3 server as the artifact store.
 
 from __future__ import annotations
 
-import hashlib
 import statistics
 import sys
 import time
@@ -20,7 +19,15 @@ import httpx
 import pytest
 from conftest import Stack, distributed_stack, pg_port
 from s3_server import MotoS3
-from support import RedisServer, TcpProxy, iter_sse, read_sse, wait_for_status, wait_until
+from support import (
+    RedisServer,
+    TcpProxy,
+    assert_artifacts_downloadable,
+    iter_sse,
+    read_sse,
+    wait_for_status,
+    wait_until,
+)
 
 JOB: dict[str, Any] = {"type": "generate", "prompt": "a lantern in fog", "width": 64, "height": 64}
 
@@ -32,25 +39,12 @@ def stack(tmp_path: Path, tiny_model_dir: Path, moto_s3: MotoS3) -> Iterator[Sta
         yield s
 
 
-def _objects(s3: MotoS3, bucket: str, prefix: str) -> list[str]:
-    listed = s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
-    return sorted(o["Key"] for o in listed.get("Contents", []))
-
-
-def _assert_artifacts_downloadable(artifacts: list[dict[str, Any]]) -> None:
-    for art in artifacts:
-        download = httpx.get(art["url"])
-        assert download.status_code == 200
-        assert download.headers["content-type"] == art["content_type"]
-        assert hashlib.sha256(download.content).hexdigest() == art["sha256"]
-
-
 def test_artifacts_are_private_objects_behind_presigned_urls(stack: Stack, moto_s3: MotoS3) -> None:
     with httpx.Client(base_url=stack.base, timeout=30) as client:
         job_id = client.post("/jobs", json={**JOB, "steps": 2, "count": 2}).json()["job"]["id"]
         wait_for_status(client, job_id, {"succeeded"})
         artifacts = client.get(f"/jobs/{job_id}/artifacts").json()["artifacts"]
-    assert _objects(moto_s3, stack.bucket, f"jobs/{job_id}/") == [
+    assert moto_s3.keys(stack.bucket, f"jobs/{job_id}/") == [
         f"jobs/{job_id}/0.png",
         f"jobs/{job_id}/1.png",
     ]
@@ -63,7 +57,7 @@ def test_artifacts_are_private_objects_behind_presigned_urls(stack: Stack, moto_
         assert "X-Amz-Signature" in query
         remaining = datetime.fromisoformat(art["expires_at"]).timestamp() - time.time()
         assert 880 < remaining <= 900
-    _assert_artifacts_downloadable(artifacts)
+    assert_artifacts_downloadable(artifacts)
     head = moto_s3.client().head_object(Bucket=stack.bucket, Key=artifacts[0]["s3_key"])
     assert head["ContentType"] == "image/png"
 
@@ -90,8 +84,8 @@ def test_worker_killed_mid_job_another_worker_finishes_it(stack: Stack, moto_s3:
 
     assert [a["item_index"] for a in after] == [0, 1, 2]
     assert after[0]["id"] == before[0]["id"]  # the finished item was kept, not redone
-    assert _objects(moto_s3, stack.bucket, f"jobs/{job_id}/") == [f"jobs/{job_id}/{i}.png" for i in range(3)]
-    _assert_artifacts_downloadable(after)
+    assert moto_s3.keys(stack.bucket, f"jobs/{job_id}/") == [f"jobs/{job_id}/{i}.png" for i in range(3)]
+    assert_artifacts_downloadable(after)
     assert "re-queued" in logs
     assert logs.count("started on") == 2
 

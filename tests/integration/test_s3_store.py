@@ -261,3 +261,91 @@ def test_missing_bucket_is_not_retried(s3: MotoS3, caplog: pytest.LogCaptureFixt
         store.get(_key())
     with pytest.raises(StorageUnavailable):
         store.ping()
+
+
+def test_delete_removes_the_object_and_a_missing_one_is_fine(s3: MotoS3, store: S3ArtifactStore) -> None:
+    key = _key()
+    store.put(key, PNG, "image/png")
+
+    store.delete(key)
+    store.delete(key)
+
+    with pytest.raises(KeyError):
+        store.get(key)
+    assert s3.client().list_objects_v2(Bucket=store.bucket).get("KeyCount") == 0
+
+
+def test_delete_many_sends_batches_and_skips_missing_keys(
+    store: S3ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dreamforge.storage.s3._DELETE_BATCH", 2)
+    keys = [_key() for _ in range(4)]
+    for key in keys:
+        store.put(key, PNG, "image/png")
+    kept = _key()
+    store.put(kept, PNG, "image/png")
+    sent = _count_sends(store, "DeleteObjects")
+
+    # One key twice and one never stored: 5 distinct keys, 3 requests of at most 2.
+    store.delete_many([*keys, keys[0], _key()])
+
+    assert len(sent) == 3
+    for key in keys:
+        with pytest.raises(KeyError):
+            store.get(key)
+    assert store.get(kept) == PNG
+    store.delete_many([])
+    assert len(sent) == 3
+
+
+def _delete_result(code: str, key: str) -> AWSResponse:
+    body = (
+        f"<DeleteResult><Error><Key>{key}</Key><Code>{code}</Code><Message>nope</Message></Error></DeleteResult>"
+    ).encode()
+    return AWSResponse("http://s3.test", 200, {"Content-Type": "application/xml"}, _Body(body))
+
+
+def test_delete_many_retries_a_key_s3_failed_transiently(store: S3ArtifactStore) -> None:
+    key = _key()
+    store.put(key, PNG, "image/png")
+    sends: list[Any] = []
+
+    def fail_once(request: Any, **_: Any) -> AWSResponse | None:
+        sends.append(request)
+        return _delete_result("InternalError", key) if len(sends) == 1 else None
+
+    store.client.meta.events.register("before-send.s3.DeleteObjects", fail_once)
+    store.delete_many([key])
+
+    assert len(sends) == 2
+    with pytest.raises(KeyError):
+        store.get(key)
+
+
+def test_delete_many_refused_raises_storage_unavailable_at_once(store: S3ArtifactStore) -> None:
+    key = _key()
+    sends: list[Any] = []
+
+    def refuse(request: Any, **_: Any) -> AWSResponse:
+        sends.append(request)
+        return _delete_result("AccessDenied", key)
+
+    store.client.meta.events.register("before-send.s3.DeleteObjects", refuse)
+    with pytest.raises(StorageUnavailable, match="AccessDenied"):
+        store.delete_many([key])
+    assert len(sends) == 1
+
+
+def test_delete_on_an_unreachable_endpoint_raises_storage_unavailable() -> None:
+    dead = S3ArtifactStore(
+        endpoint=f"http://127.0.0.1:{free_port()}",
+        access_key="testing",
+        secret_key="testing",
+        bucket=_bucket(),
+        retry_attempts=2,
+        retry_max_wait=0.05,
+    )
+    sent = _count_sends(dead, "DeleteObject")
+    with pytest.raises(StorageUnavailable, match="after 2 attempts"):
+        dead.delete(_key())
+    assert len(sent) == 2

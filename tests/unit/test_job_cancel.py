@@ -230,7 +230,9 @@ def use_api(monkeypatch: pytest.MonkeyPatch) -> Callable[[FakeApi], None]:
         monkeypatch.setattr(
             jobs_cli,
             "DreamForgeClient",
-            lambda api_base: DreamForgeClient(api_base, transport=httpx.MockTransport(api)),
+            lambda api_base, api_key=None: DreamForgeClient(
+                api_base, api_key=api_key, transport=httpx.MockTransport(api)
+            ),
         )
 
     return install

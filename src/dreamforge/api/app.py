@@ -10,9 +10,10 @@ from starlette.concurrency import run_in_threadpool
 
 from dreamforge import __version__
 from dreamforge.api.errors import install_error_handlers
-from dreamforge.api.middleware import RequestIdMiddleware
-from dreamforge.api.routes import files, health, jobs, models
+from dreamforge.api.middleware import RequestIdMiddleware, RequestLimitsMiddleware
+from dreamforge.api.routes import files, health, jobs, metrics, models
 from dreamforge.config import Settings
+from dreamforge.observability.http import HttpMetricsMiddleware
 from dreamforge.runtime import Runtime, build_runtime, store_serves_files
 
 DESCRIPTION = (
@@ -43,7 +44,15 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         servers=[{"url": "/", "description": "This server; paths carry the /v1 prefix"}],
     )
     install_error_handlers(app)
+    # Added before the request-id middleware, so it runs inside it: refusals carry the request id.
+    app.add_middleware(
+        RequestLimitsMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+    )
     app.add_middleware(RequestIdMiddleware)
+    # Outermost: it times the whole request and sees the status of the last-resort 500 too.
+    app.add_middleware(HttpMetricsMiddleware)
     app.include_router(jobs.router, prefix="/v1")
     app.include_router(models.router, prefix="/v1")
     # Only a store whose signed URLs point back at this API needs `/v1/files`; S3 URLs go to S3.
@@ -51,4 +60,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     if serves_files:
         app.include_router(files.router, prefix="/v1")
     app.include_router(health.router)
+    app.include_router(metrics.router)
     return app

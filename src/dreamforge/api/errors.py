@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from contextvars import ContextVar
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,16 +16,29 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from dreamforge.api.schemas import ErrorResponse
 from dreamforge.error_codes import ErrorCode, http_code
 from dreamforge.errors import DreamForgeError
+from dreamforge.observability.context import request_id_var as request_id_var
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-Id"
-request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+# `request_id_var` (re-exported above) lives in observability.context, where JSON log lines read it.
 
 # OpenAPI `responses` the routes share: every error body is an ErrorResponse.
 Responses = dict[int | str, dict[str, Any]]
 ERROR_BODY = {"model": ErrorResponse}
 NOT_FOUND: Responses = {404: {**ERROR_BODY, "description": "Not found"}}
+UNAUTHORIZED: Responses = {
+    401: {
+        **ERROR_BODY,
+        "description": "`unauthorized` (with `DF_AUTH=required`): no API key, or an invalid or revoked one",
+        "headers": {
+            "WWW-Authenticate": {
+                "description": 'Always `Bearer realm="dreamforge"`',
+                "schema": {"type": "string"},
+            }
+        },
+    }
+}
 INVALID: Responses = {422: {**ERROR_BODY, "description": "Validation error"}}
 UNAVAILABLE: Responses = {
     503: {**ERROR_BODY, "description": "A dependency is down: `database_unavailable` (retry shortly)"}
@@ -82,14 +94,14 @@ _HTTP_CODES = {
 def _validation_details(exc: RequestValidationError) -> dict[str, Any]:
     errors = []
     for err in exc.errors():
-        errors.append(
-            {
-                "loc": [str(p) for p in err.get("loc", ())],
-                "field": ".".join(str(p) for p in err.get("loc", ())[1:]) or None,
-                "msg": err.get("msg"),
-                "type": err.get("type"),
-            }
-        )
+        entry = {
+            "loc": [str(p) for p in err.get("loc", ())],
+            "field": ".".join(str(p) for p in err.get("loc", ())[1:]) or None,
+            "msg": err.get("msg"),
+            "type": err.get("type"),
+        }
+        # Never null on the wire: an error of the whole body (no field) leaves `field` out.
+        errors.append({key: value for key, value in entry.items() if value is not None})
     return {"errors": errors}
 
 

@@ -59,3 +59,73 @@ class RequestIdMiddleware:
             await response(scope, receive, send)
         finally:
             request_id_var.reset(token)
+
+
+class RequestLimitsMiddleware:
+    """Refuses oversized requests with an `ErrorResponse` before any route reads them.
+
+    Headers over `max_header_bytes` are 431 `headers_too_large`; a body over `max_body_bytes` is 413
+    `payload_too_large`, whether announced by `Content-Length` or found while a chunked body streams in.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_header_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers", [])
+        if sum(len(name) + len(value) + 4 for name, value in headers) > self.max_header_bytes:
+            response = error_response(
+                431,
+                ErrorCode.headers_too_large,
+                f"the request's headers exceed {self.max_header_bytes} bytes",
+                {"limit": "DF_MAX_HEADER_BYTES", "max": self.max_header_bytes},
+            )
+            await response(scope, receive, send)
+            return
+        declared = next((value for name, value in headers if name == b"content-length"), None)
+        if declared is not None:
+            # The server reads no more than the declared length, so checking it is enough.
+            if not declared.isdigit() or int(declared) <= self.max_body_bytes:
+                await self.app(scope, receive, send)
+            else:
+                await self._too_large(scope, receive, send)
+            return
+        # A chunked body: read it here (it is small by definition), then hand it on as it came.
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, receive, send)
+                return
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            if received > self.max_body_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413,
+            ErrorCode.payload_too_large,
+            f"the request body exceeds {self.max_body_bytes} bytes",
+            {"limit": "DF_MAX_BODY_BYTES", "max": self.max_body_bytes},
+        )
+        await response(scope, receive, send)

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 # The domain's vocabulary, part of the contract; re-exported so clients import it from here.
 from dreamforge.engines.base import DEFAULT_PROVIDER, Scheduler, UpscaleMethod
@@ -23,8 +34,75 @@ DEFAULT_REFINE_DENOISE = 0.35
 DEFAULT_REFINE_STEPS = 20
 
 
-class ErrorResponse(BaseModel):
+_NULL: dict[str, Any] = {"type": "null"}
+
+
+def _absent_not_null(schema: dict[str, Any], always_sent: frozenset[str]) -> None:
+    """Rewrite a model's serialization schema so that each nullable property is optional instead.
+
+    `X | None` becomes `X` (its `null` branch and `default: null` go) and leaves `required`, unless
+    it is named in `always_sent`.
+    """
+    required: list[str] = schema.get("required", [])
+    for name, prop in schema.get("properties", {}).items():
+        variants = prop.get("anyOf")
+        if not isinstance(variants, list) or _NULL not in variants:
+            continue
+        rest = [v for v in variants if v != _NULL]
+        own = {k: v for k, v in prop.items() if k != "anyOf" and not (k == "default" and v is None)}
+        prop.clear()
+        prop.update({**rest[0], **own} if len(rest) == 1 else {"anyOf": rest, **own})
+        if name in always_sent:
+            if name not in required:
+                required.append(name)
+        elif name in required:
+            required.remove(name)
+    if required:
+        schema["required"] = required
+    else:
+        schema.pop("required", None)
+
+
+class ResponseModel(BaseModel):
+    """A response body, or a part of one: an unset optional field is left out, never sent as `null`.
+
+    Every serialization drops the fields whose value is None: FastAPI's responses, `model_dump` (any
+    mode) and `model_dump_json`, so SSE payloads, NDJSON lines and the CLI's JSON too. Values inside a
+    free-form `dict` field (`details`, `parameters_schema`) are kept as they are.
+
+    The serialization schema (the one the OpenAPI document shows) says the same: a field that may be
+    None is neither `required` nor nullable, and every other field, defaulted or not, is `required`,
+    as it is always sent. Validation is unchanged, so a client still reads an explicit `null` as None.
+    """
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    # Fields typed `X | None` (for models built client-side) that the API always sends.
+    always_sent: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {key: value for key, value in data.items() if value is not None}
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        if handler.mode != "serialization":
+            return handler(core_schema)
+        # The serializer's return type (`dict[str, Any]`) would stand in for the model's schema in
+        # serialization mode; the model's fields, without it, are what is actually sent.
+        fields = cast(CoreSchema, {k: v for k, v in core_schema.items() if k != "serialization"})
+        schema = handler(fields)
+        _absent_not_null(handler.resolve_ref_schema(schema), cls.always_sent)
+        return schema
+
+
+class ErrorResponse(ResponseModel):
     """The body of every error answer."""
+
+    always_sent = frozenset({"correlation_id"})
 
     code: str = Field(description="Stable, machine-readable error code, e.g. `validation_error`.")
     message: str = Field(description="What went wrong, for a person.")
@@ -32,13 +110,13 @@ class ErrorResponse(BaseModel):
     correlation_id: str | None = Field(default=None, description="Equals the response's `X-Request-Id`.")
 
 
-class HealthResponse(BaseModel):
+class HealthResponse(ResponseModel):
     """Liveness: the process answers."""
 
     status: Literal["ok"] = "ok"
 
 
-class ReadinessResponse(BaseModel):
+class ReadinessResponse(ResponseModel):
     """Readiness: every dependency answered."""
 
     status: Literal["ready"] = "ready"
@@ -201,7 +279,7 @@ class JobCreateRequest(BaseModel):
         return value
 
 
-class JobSummaryRef(BaseModel):
+class JobSummaryRef(ResponseModel):
     """The job as returned right after creation."""
 
     id: uuid.UUID
@@ -210,34 +288,34 @@ class JobSummaryRef(BaseModel):
     created_at: datetime
 
 
-class JobCreatedResponse(BaseModel):
+class JobCreatedResponse(ResponseModel):
     """Answer to `POST /jobs`."""
 
     job: JobSummaryRef
 
 
-class JobStep(BaseModel):
+class JobStep(ResponseModel):
     """One step of a job's recipe: `generate`, then `upscale` when the job asks for it."""
 
     name: str
     status: str = Field(description="A job status: `queued`, `running`, `succeeded`, `failed`, `canceled`.")
 
 
-class JobCounts(BaseModel):
+class JobCounts(ResponseModel):
     """How many items the job has and how many are done."""
 
     count: int
     completed: int
 
 
-class JobError(BaseModel):
+class JobError(ResponseModel):
     """Why a job failed."""
 
     code: str
     message: str
 
 
-class JobStatusResponse(BaseModel):
+class JobStatusResponse(ResponseModel):
     """A job's current state."""
 
     id: uuid.UUID
@@ -257,7 +335,7 @@ class JobStatusResponse(BaseModel):
     )
 
 
-class Artifact(BaseModel):
+class Artifact(ResponseModel):
     """One stored image of a job."""
 
     id: uuid.UUID
@@ -278,13 +356,13 @@ class Artifact(BaseModel):
     content_type: str | None = None
 
 
-class ArtifactListResponse(BaseModel):
+class ArtifactListResponse(ResponseModel):
     """Answer to `GET /jobs/{id}/artifacts`."""
 
     artifacts: list[Artifact]
 
 
-class ProgressItem(BaseModel):
+class ProgressItem(ResponseModel):
     """Progress of one item of the batch."""
 
     item_index: int
@@ -296,14 +374,14 @@ class ProgressItem(BaseModel):
     )
 
 
-class Stage(BaseModel):
+class Stage(ResponseModel):
     """A stage of an item's work and its share of the item's progress."""
 
     name: str
     weight: float
 
 
-class ProgressResponse(BaseModel):
+class ProgressResponse(ResponseModel):
     """Aggregated progress: overall, per item, and the stage weights behind it."""
 
     progress: float = Field(ge=0, le=1)
@@ -312,7 +390,7 @@ class ProgressResponse(BaseModel):
     stages: list[Stage] = Field(default_factory=list)
 
 
-class LogEvent(BaseModel):
+class LogEvent(ResponseModel):
     """One log line of a job (a line of the NDJSON log stream)."""
 
     id: int
@@ -323,7 +401,7 @@ class LogEvent(BaseModel):
     job_id: uuid.UUID
 
 
-class ModelSummary(BaseModel):
+class ModelSummary(ResponseModel):
     """An installed model."""
 
     id: uuid.UUID
@@ -336,7 +414,7 @@ class ModelSummary(BaseModel):
     parameters_schema: dict[str, Any] = Field(default_factory=dict)
 
 
-class ModelFile(BaseModel):
+class ModelFile(ResponseModel):
     """One installed file of a model."""
 
     path: str = Field(description="Path relative to the model's folder")
@@ -363,7 +441,7 @@ class ModelDescriptor(ModelSummary):
     note: str | None = None
 
 
-class ModelListResponse(BaseModel):
+class ModelListResponse(ResponseModel):
     """Answer to `GET /models`."""
 
     models: list[ModelSummary]

@@ -18,6 +18,7 @@ from fastapi import Depends, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
+from dreamforge.accounts.service import ANYONE, Principal
 from dreamforge.api.errors import not_found
 from dreamforge.api.views import artifact_view
 from dreamforge.db import tables
@@ -71,7 +72,10 @@ def event_loader(runtime: Runtime) -> Loader[StreamEvent]:
         with runtime.sessions() as s:
             out = []
             for row in events_after(s, job_id, after):
-                data: dict[str, Any] = {"job_id": str(row.job_id), "ts": row.ts.isoformat(), **row.data}
+                data: dict[str, Any] = {"job_id": str(row.job_id), "ts": row.ts.isoformat()}
+                # Stored data may hold nulls (a succeeded job's `done` has `error: null`); the wire
+                # leaves an unset field out instead.
+                data.update((k, v) for k, v in row.data.items() if v is not None)
                 if row.item_index is not None:
                     data["item_index"] = row.item_index
                 if row.kind == EventKind.artifact:
@@ -95,6 +99,7 @@ def get_feeds(request: Request) -> FeedHub[StreamEvent]:
             runtime.notifier,
             max_streams=settings.sse_max_streams,
             max_streams_per_job=settings.sse_max_streams_per_job,
+            max_streams_per_key=settings.sse_max_streams_per_key,
             poll_seconds=POLL_SECONDS,
         )
         request.app.state.feeds = feeds
@@ -104,23 +109,32 @@ def get_feeds(request: Request) -> FeedHub[StreamEvent]:
 FeedsDep = Annotated[FeedHub[StreamEvent], Depends(get_feeds)]
 
 
-def _job_exists(runtime: Runtime, job_id: uuid.UUID) -> bool:
+def _job_visible(runtime: Runtime, job_id: uuid.UUID, principal: Principal) -> bool:
     with runtime.sessions() as s:
-        return jobs_repo.get_job(s, job_id) is not None
+        job = jobs_repo.get_job(s, job_id)
+        return job is not None and principal.can_see(job.api_key_id)
 
 
 async def stream_job_events(
-    runtime: Runtime, feeds: FeedHub[StreamEvent], job_id: uuid.UUID, after: int, base_url: str
+    runtime: Runtime,
+    feeds: FeedHub[StreamEvent],
+    job_id: uuid.UUID,
+    after: int,
+    base_url: str,
+    principal: Principal = ANYONE,
 ) -> Response:
-    """An SSE response for `job_id` starting after event id `after` (0: from the beginning)."""
-    if not await run_in_threadpool(_job_exists, runtime, job_id):
+    """An SSE response for `job_id` starting after event id `after` (0: from the beginning).
+
+    Another key's job is 404, as one that does not exist: its existence is not the caller's business.
+    """
+    if not await run_in_threadpool(_job_visible, runtime, job_id, principal):
         raise not_found("job", job_id)
     # Checked here so a refusal is an ErrorResponse; the stream is counted once it starts, so a
     # burst of simultaneous requests may pass the bound by the few still starting.
-    feeds.check_capacity(job_id)
+    feeds.check_capacity(job_id, principal.key_id)
 
     async def events() -> AsyncIterator[bytes]:
-        async with feeds.feed(job_id) as feed:
+        async with feeds.feed(job_id, principal.key_id) as feed:
             # Frames are encoded once per process; a stream sends what has arrived in one write.
             async for batch in feed.follow(after):
                 yield b"".join(event.render(runtime, base_url) for event in batch)

@@ -66,6 +66,11 @@ def make_celery(settings: Settings) -> Celery:
     return celery
 
 
+# A key the broker keeps exactly as long as it keeps the queue's messages (same database). Missing
+# means the broker restarted empty (no persistence) or was replaced: every message sent before is gone.
+BROKER_MARK_KEY = "dreamforge:broker-mark:{queue}"
+
+
 class CeleryDispatcher:
     """A `Dispatcher` that sends jobs to the Celery workers' queue, then marks them dispatched."""
 
@@ -73,6 +78,23 @@ class CeleryDispatcher:
         self.celery = celery
         self.sessions = sessions
         self.queue = queue
+        self._redis: Any = None
+
+    def broker_reset(self) -> bool:
+        """True if the broker holds none of the messages sent before: it lost its data (or is new).
+
+        Sets the queue's mark if it is missing, atomically, so exactly one caller learns of each loss.
+        """
+        import redis
+
+        try:
+            if self._redis is None:
+                self._redis = redis.Redis.from_url(
+                    str(self.celery.conf.broker_url), socket_connect_timeout=3, socket_timeout=5
+                )
+            return bool(self._redis.set(BROKER_MARK_KEY.format(queue=self.queue), "1", nx=True))
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"the job queue is unreachable: {exc}") from exc
 
     def dispatch(self, job_id: uuid.UUID) -> None:
         """Publish the job's message; the mark afterwards only spares the reconciler a resend."""

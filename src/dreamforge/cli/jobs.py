@@ -78,6 +78,16 @@ ApiBaseOpt = Annotated[
         "--api-base", envvar="DF_API_BASE", show_envvar=True, help="Base URL of the Dream Forge v1 API."
     ),
 ]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="DF_API_KEY",
+        show_envvar=True,
+        show_default=False,
+        help="API key, when the service requires one (DF_AUTH=required).",
+    ),
+]
 JobArg = Annotated[uuid.UUID, typer.Argument(help="The job's id (from `job create`).", show_default=False)]
 
 _DURATION = re.compile(r"(\d+)([smhd])")
@@ -99,11 +109,11 @@ def parse_since(value: str) -> datetime:
 
 
 @contextmanager
-def _api(api_base: str, verbose: bool) -> Iterator[DreamForgeClient]:
+def _api(api_base: str, verbose: bool, api_key: str | None = None) -> Iterator[DreamForgeClient]:
     """A client for `api_base`; turns its failures into the documented exit codes."""
     configure_logging(verbose)
     try:
-        client = DreamForgeClient(api_base)
+        client = DreamForgeClient(api_base, api_key=api_key)
     except ValueError as exc:
         raise fail(str(exc), code=EXIT_USAGE) from None
     try:
@@ -290,6 +300,7 @@ def create(
         bool, typer.Option("--wait", help="Follow the job to its end; exit 4 if it fails or is canceled.")
     ] = False,
     api_base: ApiBaseOpt = DEFAULT_API_BASE,
+    api_key: ApiKeyOpt = None,
     output: OutputOpt = OutputFormat.json,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -327,7 +338,7 @@ def create(
         raise fail(
             "--upscale-method, --denoise, --hires-steps, --upscaler and --keep-base need --upscale", code=2
         )
-    with _api(api_base, verbose) as client:
+    with _api(api_base, verbose, api_key) as client:
         created = client.create_job(body, idempotency_key=idempotency_key)
         job_id = created.job.id
         if created.replayed and not quiet:
@@ -360,12 +371,13 @@ def create(
 def status(
     job_id: JobArg,
     api_base: ApiBaseOpt = DEFAULT_API_BASE,
+    api_key: ApiKeyOpt = None,
     output: OutputOpt = OutputFormat.json,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """A job's status, item counts and, if it failed, why."""
-    with _api(api_base, verbose) as client:
+    with _api(api_base, verbose, api_key) as client:
         job = client.get_job(job_id)
     if output is OutputFormat.table:
         emit_table(_status_table(job))
@@ -394,6 +406,7 @@ def logs(
         ),
     ] = False,
     api_base: ApiBaseOpt = DEFAULT_API_BASE,
+    api_key: ApiKeyOpt = None,
     output: OutputOpt = OutputFormat.json,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -402,7 +415,7 @@ def logs(
 
     JSON output is NDJSON: one LogEvent per line.
     """
-    with _api(api_base, verbose) as client:
+    with _api(api_base, verbose, api_key) as client:
         if not follow:
             lines = client.get_logs(job_id, tail=tail, since=since)
             if output is OutputFormat.table:
@@ -437,6 +450,7 @@ def artifacts(
         ),
     ] = None,
     api_base: ApiBaseOpt = DEFAULT_API_BASE,
+    api_key: ApiKeyOpt = None,
     output: OutputOpt = OutputFormat.json,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -447,7 +461,7 @@ def artifacts(
     """
     records: dict[str, dict[str, Any]] = {}
     paths: dict[str, str] = {}
-    with _api(api_base, verbose) as client:
+    with _api(api_base, verbose, api_key) as client:
         listed = client.list_artifacts(job_id).artifacts
         if download is not None:
             download.mkdir(parents=True, exist_ok=True)
@@ -501,12 +515,13 @@ def progress(
         ),
     ] = False,
     api_base: ApiBaseOpt = DEFAULT_API_BASE,
+    api_key: ApiKeyOpt = None,
     output: OutputOpt = OutputFormat.json,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Overall and per-item progress of a job."""
-    with _api(api_base, verbose) as client:
+    with _api(api_base, verbose, api_key) as client:
         if not stream:
             now = client.get_progress(job_id)
             if output is OutputFormat.table:
@@ -538,6 +553,7 @@ def cancel(
         ),
     ] = False,
     api_base: ApiBaseOpt = DEFAULT_API_BASE,
+    api_key: ApiKeyOpt = None,
     output: OutputOpt = OutputFormat.json,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -550,7 +566,7 @@ def cancel(
     API error (409 job_finished, exit 1). With --wait, follows the job until it stops and prints its
     final status.
     """
-    with _api(api_base, verbose) as client:
+    with _api(api_base, verbose, api_key) as client:
         status = client.cancel_job(job_id)
         if wait and status.status not in TERMINAL:
             status = _follow(client, job_id, quiet)

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from typing import Annotated
 
 import typer
 
-from dreamforge.cli import jobs, models
+from dreamforge.cli import apikeys, gc, jobs, models
 from dreamforge.cli.output import configure_logging, err
 from dreamforge.config import Settings
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        # A host name other than localhost may resolve to anything.
+        return False
+
 
 app = typer.Typer(
     name="dreamforge",
@@ -26,12 +39,20 @@ app = typer.Typer(
 )
 app.add_typer(jobs.app, name="job")
 app.add_typer(models.app, name="model")
+app.add_typer(apikeys.app, name="apikey")
+app.command("gc")(gc.gc)
 
 
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (DF_HOST, default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (DF_PORT, default 8001).")] = None,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth", help="Serve a non-loopback address with DF_AUTH=off (anyone may use it)."
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
 ) -> None:
     """Run the API; embedded, it also runs jobs in-process. Migrates the database first."""
@@ -39,14 +60,27 @@ def serve(
 
     from dreamforge.api.app import create_app
 
-    configure_logging(verbose, level=logging.INFO)
     settings = Settings()
+    bind = host or settings.host
+    if settings.auth == "off" and not is_loopback(bind) and not insecure_no_auth:
+        err.print(
+            f"[red]error:[/red] refusing to serve {bind} without authentication: with DF_AUTH=off anyone "
+            "who reaches it may read every job and use the GPU. Set DF_AUTH=required and issue keys with "
+            "`dreamforge apikey create`, bind 127.0.0.1, or pass --insecure-no-auth if a proxy in front "
+            "authenticates."
+        )
+        raise typer.Exit(2)
+    configure_logging(verbose, level=logging.INFO, log_format=settings.log_format)
     uvicorn.run(
         create_app(settings),
-        host=host or settings.host,
+        host=bind,
         port=port or settings.port,
         log_level="debug" if verbose else "info",
         timeout_graceful_shutdown=5,
+        # Above our own header bound, so oversized headers get the app's 431 ErrorResponse, not h11's 400.
+        h11_max_incomplete_event_size=settings.max_header_bytes * 4,
+        # JSON: no uvicorn logging config, so its access and error lines reach the root's JSON handler.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )
 
 
@@ -68,7 +102,7 @@ def worker(
     if queue:
         # The worker re-queues interrupted jobs and sweeps with these settings: one queue throughout.
         settings = settings.model_copy(update={"queue": queue})
-    configure_logging(verbose, level=logging.INFO)
+    configure_logging(verbose, level=logging.INFO, log_format=settings.log_format)
     from dreamforge.worker.celery_app import run_worker
 
     # The exit status tells the supervisor why: 70 after a GPU fault, 75 after DF_WORKER_MAX_JOBS.

@@ -11,6 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dreamforge.observability.logs import LogFormat
+from dreamforge.observability.logs import configure_logging as setup_logging
+
 # Results go to stdout (so `| jq` works); progress, notes and errors go to stderr.
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -30,12 +33,12 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or no
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")]
 
 
-def configure_logging(verbose: bool, *, level: int = logging.WARNING) -> None:
-    """Debug logs with -v; otherwise `level` and above (warnings by default, so stderr stays readable)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def configure_logging(verbose: bool, *, level: int = logging.WARNING, log_format: LogFormat = "text") -> None:
+    """Debug logs with -v; otherwise `level` and above (warnings by default, so stderr stays readable).
+
+    `log_format` json (`DF_LOG_FORMAT`, for the serve and worker processes): one JSON object a line.
+    """
+    setup_logging(logging.DEBUG if verbose else level, log_format)
 
 
 def emit_json(data: Any) -> None:

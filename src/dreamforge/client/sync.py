@@ -6,7 +6,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -70,6 +70,20 @@ def _aware(ts: datetime) -> datetime:
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
+class _ApiKeyAuth(httpx.Auth):
+    """Sends the API key to the API's own origin only: never to S3 or another host an artifact URL
+    names (a presigned URL with a second credential is refused, and the key must not leak)."""
+
+    def __init__(self, key: str, api: httpx.URL) -> None:
+        self._header = f"Bearer {key}"
+        self._origin = (api.scheme, api.host, api.port)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if (request.url.scheme, request.url.host, request.url.port) == self._origin:
+            request.headers["Authorization"] = self._header
+        yield request
+
+
 class DreamForgeClient:
     """A synchronous client for the Dream Forge v1 API.
 
@@ -77,7 +91,8 @@ class DreamForgeClient:
     API's pydantic models and raises `ApiStatusError` (the answer's `ErrorResponse` and status) or
     `ApiUnreachable`. Reads, cancels, and creates that carry an `Idempotency-Key` are retried
     `retries` times on connection failures and 502/503/504; other creates are not, as a retry
-    could duplicate the job.
+    could duplicate the job. `api_key` (default `DF_API_KEY`) is sent as `Authorization: Bearer`,
+    to the API's origin only.
     """
 
     def __init__(
@@ -89,6 +104,7 @@ class DreamForgeClient:
         stream_reconnects: int = 8,
         headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
+        api_key: str | None = None,
     ) -> None:
         base = (api_base or os.environ.get("DF_API_BASE") or DEFAULT_API_BASE).rstrip("/")
         url = httpx.URL(base)
@@ -100,10 +116,12 @@ class DreamForgeClient:
         self.timeout = timeout
         self.retries = retries
         self.stream_reconnects = stream_reconnects
+        key = api_key or os.environ.get("DF_API_KEY")
         self._http = httpx.Client(
             base_url=base,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             headers={"User-Agent": f"dreamforge-client/{__version__}", **(headers or {})},
+            auth=_ApiKeyAuth(key, url) if key else None,
             transport=transport,
         )
 

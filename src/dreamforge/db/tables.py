@@ -88,6 +88,24 @@ class Model(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ApiKey(Base):
+    """A client's API key: only its keyed hash is stored (accounts.keys); jobs belong to one."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    # The key's first characters (`df_live_abc123`), to tell keys apart in listings.
+    shown: Mapped[str] = mapped_column(String(40))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Quotas; NULL takes the service default (DF_QUOTA_*), 0 means unlimited.
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_images_per_day: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
 class Job(Base):
     """One accepted request; its items are rendered by a worker."""
 
@@ -98,10 +116,13 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(20), index=True)
     provider: Mapped[str] = mapped_column(String(100))
     model_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("models.id"))
+    # The key that created the job (NULL with DF_AUTH=off); other keys cannot see it.
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("api_keys.id"), index=True)
     params: Mapped[dict[str, Any]] = mapped_column()
     count: Mapped[int] = mapped_column(Integer, default=1)
     completed: Mapped[int] = mapped_column(Integer, default=0)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # Scoped to the owning key (`<key id>:<Idempotency-Key>`), so two clients' keys never collide.
+    idempotency_key: Mapped[str | None] = mapped_column(String(300), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(200))

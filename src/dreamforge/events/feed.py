@@ -13,6 +13,7 @@ import asyncio
 import bisect
 import logging
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Generic, Protocol, TypeVar
@@ -144,6 +145,7 @@ class FeedHub(Generic[T]):
         *,
         max_streams: int,
         max_streams_per_job: int,
+        max_streams_per_key: int = 0,
         poll_seconds: float = 1.0,
     ) -> None:
         self._load = load
@@ -151,31 +153,42 @@ class FeedHub(Generic[T]):
         self._poll = poll_seconds
         self.max_streams = max_streams
         self.max_streams_per_job = max_streams_per_job
+        # 0: no bound per API key (DF_AUTH=off has no keys to count).
+        self.max_streams_per_key = max_streams_per_key
         self.streams = 0
         self._feeds: dict[uuid.UUID, JobFeed[T]] = {}
+        self._per_key: Counter[uuid.UUID] = Counter()
 
-    def check_capacity(self, job_id: uuid.UUID) -> None:
-        """Raise `TooManyStreams` when one more stream of `job_id` would pass a bound."""
+    def check_capacity(self, job_id: uuid.UUID, key: uuid.UUID | None = None) -> None:
+        """Raise `TooManyStreams` when one more stream of `job_id` (for API key `key`) would pass a bound."""
         if self.streams >= self.max_streams:
             raise TooManyStreams("DF_SSE_MAX_STREAMS", self.max_streams)
         feed = self._feeds.get(job_id)
         if feed is not None and feed.streams >= self.max_streams_per_job:
             raise TooManyStreams("DF_SSE_MAX_STREAMS_PER_JOB", self.max_streams_per_job)
+        if key is not None and self.max_streams_per_key and self._per_key[key] >= self.max_streams_per_key:
+            raise TooManyStreams("DF_SSE_MAX_STREAMS_PER_KEY", self.max_streams_per_key)
 
     @asynccontextmanager
-    async def feed(self, job_id: uuid.UUID) -> AsyncIterator[JobFeed[T]]:
-        """The job's feed for one stream, counted while the stream is open."""
+    async def feed(self, job_id: uuid.UUID, key: uuid.UUID | None = None) -> AsyncIterator[JobFeed[T]]:
+        """The job's feed for one stream (of API key `key`), counted while the stream is open."""
         feed = self._feeds.get(job_id)
         if feed is None:
             feed = self._feeds[job_id] = JobFeed(job_id, self._load, self._notifier, self._poll)
         feed.streams += 1
         self.streams += 1
+        if key is not None:
+            self._per_key[key] += 1
         feed.start()
         try:
             yield feed
         finally:
             feed.streams -= 1
             self.streams -= 1
+            if key is not None:
+                self._per_key[key] -= 1
+                if not self._per_key[key]:
+                    del self._per_key[key]
             if feed.streams == 0:
                 feed.close()
                 del self._feeds[job_id]

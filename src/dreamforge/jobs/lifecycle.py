@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 def log_event(
     session: Session, job_id: uuid.UUID, level: str, message: str, item_index: int | None = None
 ) -> None:
-    """Stage a log event and mirror it to the process log."""
-    log.log(logging.getLevelNamesMapping()[level.upper()], "job %s: %s", job_id, message)
+    """Stage a log event and mirror it to the process log (its ids as fields of JSON log lines)."""
+    ids: dict[str, Any] = {"job_id": str(job_id)}
+    if item_index is not None:
+        ids["item_index"] = item_index
+    log.log(logging.getLevelNamesMapping()[level.upper()], "job %s: %s", job_id, message, extra=ids)
     data: dict[str, Any] = {"level": level, "message": message}
     if item_index is not None:
         data["item_index"] = item_index

@@ -7,11 +7,15 @@ accepted before a limit was lowered, or before the queue filled up, is still ans
 
 from __future__ import annotations
 
+import math
+import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy.orm import Session
 
+from dreamforge.db.tables import utcnow
 from dreamforge.error_codes import ErrorCode
 from dreamforge.errors import DreamForgeError
 from dreamforge.jobs import repository as jobs_repo
@@ -20,6 +24,10 @@ from dreamforge.jobs import repository as jobs_repo
 # and count of the jobs ahead). Ten seconds is on the order of one short SDXL job on a GPU, so a
 # waiting client retries soon after a slot may have freed, without hammering the service.
 QUEUE_FULL_RETRY_AFTER_SECONDS = 10
+
+# A key at its most active jobs retries about when one short job may have finished.
+QUOTA_ACTIVE_RETRY_AFTER_SECONDS = 10
+QUOTA_WINDOW = timedelta(days=1)
 
 MEGAPIXELS_LIMIT = "DF_MAX_MEGAPIXELS_PER_JOB"
 STEPS_LIMIT = "DF_MAX_STEPS"
@@ -155,3 +163,80 @@ def check_queue(session: Session, limits: JobLimits) -> None:
     queued = jobs_repo.count_queued(session)
     if queued >= limits.max_queued_jobs:
         raise QueueFull(queued, limits.max_queued_jobs)
+
+
+@dataclass(frozen=True)
+class KeyQuota:
+    """What one API key may have at once and per rolling day; 0 means no cap."""
+
+    owner: uuid.UUID
+    max_active_jobs: int
+    max_images_per_day: int
+
+
+class QuotaExceeded(DreamForgeError):
+    """The API key is at one of its quotas; the same request can succeed after `Retry-After` (429)."""
+
+    code = ErrorCode.quota_exceeded
+    status = 429
+
+    def __init__(self, message: str, *, limit: str, maximum: int, current: int, retry_after: int) -> None:
+        super().__init__(
+            message,
+            details={"limit": limit, "max": maximum, "current": current, "retry_after_seconds": retry_after},
+            headers={"Retry-After": str(retry_after)},
+        )
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+def check_quota(session: Session, quota: KeyQuota, images: int, now: datetime | None = None) -> None:
+    """Raise `QuotaExceeded` if a new job of `images` images would break the key's quota.
+
+    Raises `LimitExceeded` (422) for a job larger than the whole daily quota: no wait would help.
+    """
+    if quota.max_active_jobs:
+        active = jobs_repo.count_active_jobs(session, quota.owner)
+        if active >= quota.max_active_jobs:
+            raise QuotaExceeded(
+                f"this API key has {active} job(s) queued or running and may have at most "
+                f"{quota.max_active_jobs} at once; retry when one ends",
+                limit="max_active_jobs",
+                maximum=quota.max_active_jobs,
+                current=active,
+                retry_after=QUOTA_ACTIVE_RETRY_AFTER_SECONDS,
+            )
+    if not quota.max_images_per_day:
+        return
+    if images > quota.max_images_per_day:
+        raise LimitExceeded(
+            f"the job asks for {images} images; this API key may make at most "
+            f"{quota.max_images_per_day} per day",
+            limit="max_images_per_day",
+            field="count",
+            requested=images,
+            maximum=quota.max_images_per_day,
+        )
+    now = now or utcnow()
+    window = jobs_repo.images_since(session, quota.owner, now - QUOTA_WINDOW)
+    used = sum(n for _, n in window)
+    excess = used + images - quota.max_images_per_day
+    if excess <= 0:
+        return
+    # The earliest moment enough of the window's images have aged out for this job to fit.
+    freed = 0
+    wait = QUOTA_WINDOW
+    for created, n in window:
+        freed += n
+        if freed >= excess:
+            wait = created + QUOTA_WINDOW - now
+            break
+    retry_after = max(1, math.ceil(wait.total_seconds()))
+    raise QuotaExceeded(
+        f"this API key made {used} of its {quota.max_images_per_day} images in the last 24 hours; "
+        f"{images} more fit in {retry_after} s",
+        limit="max_images_per_day",
+        maximum=quota.max_images_per_day,
+        current=used,
+        retry_after=retry_after,
+    )

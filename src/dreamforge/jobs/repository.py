@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from dreamforge.db.tables import Artifact, Job, JobItem, utcnow
-from dreamforge.jobs.state import JobStatus
+from dreamforge.db.tables import Artifact, Job, JobEvent, JobItem, utcnow
+from dreamforge.jobs.state import TERMINAL, JobStatus
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> Job | None:
@@ -37,6 +37,29 @@ def count_queued(session: Session) -> int:
     """How many jobs wait in status `queued`, across the service."""
     stmt = select(func.count()).select_from(Job).where(Job.status == JobStatus.queued.value)
     return int(session.scalar(stmt) or 0)
+
+
+def count_active_jobs(session: Session, owner: uuid.UUID) -> int:
+    """Jobs of the API key `owner` that are queued or running."""
+    stmt = select(func.count()).where(
+        Job.api_key_id == owner, Job.status.in_([JobStatus.queued.value, JobStatus.running.value])
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def images_since(session: Session, owner: uuid.UUID, since: datetime) -> list[tuple[datetime, int]]:
+    """(created_at, images) of the key's jobs created since `since`, oldest first.
+
+    A job counts the images it asked for; one that failed or was canceled only those it made.
+    """
+    ended_early = Job.status.in_([JobStatus.failed.value, JobStatus.canceled.value])
+    images = case((ended_early, Job.completed), else_=Job.count)
+    stmt = (
+        select(Job.created_at, images)
+        .where(Job.api_key_id == owner, Job.created_at >= since)
+        .order_by(Job.created_at)
+    )
+    return [(created, int(n)) for created, n in session.execute(stmt).all()]
 
 
 def _changed_one(result: object) -> bool:
@@ -108,6 +131,18 @@ def mark_dispatched(session: Session, job_id: uuid.UUID) -> None:
     )
 
 
+def forget_dispatches(session: Session) -> list[uuid.UUID]:
+    """Mark every queued job as carried by no message (the broker lost them); returns their ids."""
+    stmt = (
+        update(Job)
+        .where(Job.status == JobStatus.queued.value, Job.dispatched_at.is_not(None))
+        .values(dispatched_at=None)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(session.scalars(stmt).all())
+
+
 def delete_job(session: Session, job_id: uuid.UUID) -> None:
     """Remove a job no worker can have seen, with its items and events."""
     job = session.get(Job, job_id)
@@ -160,3 +195,84 @@ def cancel_requested(session: Session, job_id: uuid.UUID) -> bool:
     """True once a cancel was asked for the job (read by its worker between steps)."""
     stmt = select(Job.cancel_requested_at).where(Job.id == job_id)
     return session.scalars(stmt).first() is not None
+
+
+# --- retention: finished jobs past their time (jobs.retention) -------------------------------------
+
+
+def _expired(cutoff: datetime) -> list[ColumnElement[bool]]:
+    """A job that ended (never a queued or running one) before `cutoff`."""
+    return [
+        Job.status.in_([s.value for s in TERMINAL]),
+        Job.finished_at.is_not(None),
+        Job.finished_at < cutoff,
+    ]
+
+
+def _rowcount(result: object) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def lock_expired_jobs(session: Session, cutoff: datetime, limit: int) -> Sequence[Job]:
+    """Up to `limit` jobs that finished before `cutoff`, oldest first, locked for update.
+
+    SKIP LOCKED: two sweeping processes take different jobs (ignored by SQLite, which has one writer).
+    """
+    stmt = select(Job).where(*_expired(cutoff)).order_by(Job.finished_at, Job.id).limit(limit)
+    return session.scalars(stmt.with_for_update(skip_locked=True)).all()
+
+
+def artifact_keys(session: Session, job_ids: Sequence[uuid.UUID]) -> list[str]:
+    """The object keys of these jobs' artifacts."""
+    return list(session.scalars(select(Artifact.s3_key).where(Artifact.job_id.in_(job_ids))).all())
+
+
+def delete_artifacts(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
+    """Delete these jobs' artifact rows; returns how many went."""
+    result = session.execute(
+        delete(Artifact).where(Artifact.job_id.in_(job_ids)).execution_options(synchronize_session=False)
+    )
+    return _rowcount(result)
+
+
+def delete_expired_jobs(session: Session, job_ids: Sequence[uuid.UUID], cutoff: datetime) -> int:
+    """Delete those of these jobs that still finished before `cutoff`, with their events, items and
+    artifact rows; returns how many jobs went (0 for one another process deleted first).
+
+    Children go explicitly rather than by the foreign keys' ON DELETE CASCADE, so the outcome does not
+    depend on a connection having SQLite's `PRAGMA foreign_keys` on.
+    """
+    stmt = select(Job.id).where(Job.id.in_(job_ids), *_expired(cutoff)).order_by(Job.id)
+    ids = list(session.scalars(stmt.with_for_update(skip_locked=True)).all())
+    if not ids:
+        return 0
+    for table in (JobEvent, JobItem, Artifact):
+        session.execute(
+            delete(table).where(table.job_id.in_(ids)).execution_options(synchronize_session=False)
+        )
+    result = session.execute(delete(Job).where(Job.id.in_(ids)).execution_options(synchronize_session=False))
+    return _rowcount(result)
+
+
+def expired_job_summaries(
+    session: Session, cutoff: datetime
+) -> list[tuple[uuid.UUID, str, datetime, int, int]]:
+    """(id, status, finished_at, artifacts, bytes) of each job that finished before `cutoff`, oldest first."""
+    stmt = (
+        select(
+            Job.id,
+            Job.status,
+            Job.finished_at,
+            func.count(Artifact.id),
+            func.coalesce(func.sum(Artifact.size_bytes), 0),
+        )
+        .outerjoin(Artifact, Artifact.job_id == Job.id)
+        .where(*_expired(cutoff))
+        .group_by(Job.id, Job.status, Job.finished_at)
+        .order_by(Job.finished_at, Job.id)
+    )
+    return [
+        (job_id, status, finished, int(n), int(size))
+        for job_id, status, finished, n, size in session.execute(stmt).all()
+        if finished is not None
+    ]

@@ -24,7 +24,15 @@ from dreamforge.events.repository import add_event
 from dreamforge.jobs import repository as jobs_repo
 from dreamforge.jobs.dispatch import BrokerUnavailable, Dispatcher
 from dreamforge.jobs.lifecycle import request_cancel
-from dreamforge.jobs.limits import NO_LIMITS, JobLimits, JobShape, check_queue, check_request
+from dreamforge.jobs.limits import (
+    NO_LIMITS,
+    JobLimits,
+    JobShape,
+    KeyQuota,
+    check_queue,
+    check_quota,
+    check_request,
+)
 from dreamforge.jobs.state import JobStatus
 from dreamforge.registry.selection import resolve_model, resolve_upscaler
 
@@ -95,9 +103,14 @@ def request_fingerprint(request: JobRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def find_replay(session: Session, key: str, fingerprint: str) -> Job | None:
-    """The job already created under `key`; raises `IdempotencyConflict` if its body differed."""
-    existing = jobs_repo.get_job_by_idempotency_key(session, key)
+def stored_idempotency_key(key: str, owner: uuid.UUID | None) -> str:
+    """The key as the job row stores it: scoped to the API key, so two clients' keys never collide."""
+    return f"{owner}:{key}" if owner is not None else key
+
+
+def find_replay(session: Session, key: str, fingerprint: str, owner: uuid.UUID | None = None) -> Job | None:
+    """The job `owner` already created under `key`; `IdempotencyConflict` if its body differed."""
+    existing = jobs_repo.get_job_by_idempotency_key(session, stored_idempotency_key(key, owner))
     if existing is not None and existing.request_hash != fingerprint:
         raise IdempotencyConflict(key, existing.id)
     return existing
@@ -111,8 +124,12 @@ def create_job(
     providers: Collection[str],
     default_model: str = "",
     limits: JobLimits = NO_LIMITS,
+    owner: uuid.UUID | None = None,
+    quota: KeyQuota | None = None,
 ) -> tuple[Job, bool]:
     """Stage a new job (or find its idempotent twin); returns the job and whether it is new.
+
+    `owner` is the API key the job belongs to; its idempotency keys are its own.
 
     `limits` apply to a new job only: a replay is answered with its job whatever the limits or the
     queue are now. The queue is checked last, so a request that could never be accepted gets its
@@ -120,7 +137,7 @@ def create_job(
     """
     fingerprint = request_fingerprint(request)
     if idempotency_key is not None:
-        existing = find_replay(session, idempotency_key, fingerprint)
+        existing = find_replay(session, idempotency_key, fingerprint, owner)
         if existing is not None:
             return existing, False
     if request.provider not in providers:
@@ -133,6 +150,8 @@ def create_job(
         # Resolved now, so the job upscales with the model it was accepted with, whatever is installed later.
         upscaler = resolve_upscaler(session, request.upscale.upscaler_model_id)
         params["upscale"]["upscaler_model_id"] = str(upscaler.id)
+    if quota is not None:
+        check_quota(session, quota, request.count)
     check_queue(session, limits)
     job = Job(
         id=uuid.uuid4(),
@@ -140,9 +159,12 @@ def create_job(
         status=JobStatus.queued.value,
         provider=request.provider,
         model_id=model.id,
+        api_key_id=owner,
         params=params,
         count=request.count,
-        idempotency_key=idempotency_key,
+        idempotency_key=(
+            stored_idempotency_key(idempotency_key, owner) if idempotency_key is not None else None
+        ),
         request_hash=fingerprint,
         items=[JobItem(item_index=i) for i in range(request.count)],
     )
@@ -171,6 +193,8 @@ def submit_job(
     providers: Collection[str],
     default_model: str = "",
     limits: JobLimits = NO_LIMITS,
+    owner: uuid.UUID | None = None,
+    quota: KeyQuota | None = None,
 ) -> tuple[Job, bool]:
     """Create and commit a job, then dispatch it; returns the job and whether it is new.
 
@@ -186,6 +210,8 @@ def submit_job(
             providers=providers,
             default_model=default_model,
             limits=limits,
+            owner=owner,
+            quota=quota,
         )
         session.commit()
     except IntegrityError:
@@ -193,7 +219,7 @@ def submit_job(
         session.rollback()
         if idempotency_key is None:
             raise
-        replay = find_replay(session, idempotency_key, request_fingerprint(request))
+        replay = find_replay(session, idempotency_key, request_fingerprint(request), owner)
         if replay is None:
             raise
         return replay, False

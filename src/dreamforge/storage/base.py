@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -60,6 +61,18 @@ class ArtifactStore(Protocol):
 
     def ping(self) -> None:
         """Raise `StorageUnavailable` if the store cannot be reached (readiness probes)."""
+
+    def delete(self, key: str) -> None:
+        """Remove the object under `key`; a missing one is fine (raises `StorageUnavailable` if the
+        store cannot be reached)."""
+
+
+@runtime_checkable
+class BatchDeletingStore(ArtifactStore, Protocol):
+    """A store that removes many objects in few requests (S3's DeleteObjects)."""
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove every object of `keys`, like `delete` on each; missing ones are fine."""
 
 
 @runtime_checkable

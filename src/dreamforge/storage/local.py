@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -49,6 +50,27 @@ class LocalArtifactStore:
         if not path.is_file():
             raise KeyError(key)
         return path.read_bytes()
+
+    def delete(self, key: str) -> None:
+        """Remove the file (a missing one is fine), then its folders left empty below the top one.
+
+        The top folder (`jobs/`) stays: a `put` of another key may be creating its subfolder.
+        """
+        path = self.path_for(key)
+        path.unlink(missing_ok=True)
+        root = self.root.resolve()
+        parent = path.parent
+        while parent != root and parent.parent != root:
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (or already gone)
+                break
+            parent = parent.parent
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """`delete` each key."""
+        for key in keys:
+            self.delete(key)
 
     def open_signed(self, key: str, expires: int, signature: str) -> bytes:
         """The file's bytes, if the URL was signed with this store's secret and is still valid."""

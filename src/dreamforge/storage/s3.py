@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -46,6 +46,8 @@ _TRANSIENT_NETWORK_ERRORS = (
 )
 _TRANSIENT_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"})
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+# The most keys one DeleteObjects request may name.
+_DELETE_BATCH = 1000
 
 
 class S3Unavailable(StorageUnavailable):
@@ -219,6 +221,49 @@ class S3ArtifactStore:
         if data is None:
             raise KeyError(key)
         return data
+
+    def delete(self, key: str) -> None:
+        """Remove the object under `key` (S3 answers a missing key with success too), retrying
+        transient failures; raises `StorageUnavailable` in the end."""
+
+        def remove() -> None:
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if _error_code(exc) not in _MISSING_CODES:
+                    raise
+
+        self._call(f"delete {key}", remove, retry=True)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove every object of `keys` with DeleteObjects (up to 1000 keys a request), each request
+        retried like `delete`; raises `StorageUnavailable` if a key could not be removed."""
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), _DELETE_BATCH):
+            chunk = unique[start : start + _DELETE_BATCH]
+
+            def remove(chunk: list[str] = chunk) -> None:
+                response = self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
+                )
+                errors = [e for e in response.get("Errors", []) if e.get("Code") not in _MISSING_CODES]
+                if errors:
+                    # The request succeeded but some keys did not: raised as the first key's error, so
+                    # a transient one (SlowDown, InternalError) is retried. Deleting again is harmless.
+                    first = errors[0]
+                    raise ClientError(
+                        {
+                            "Error": {
+                                "Code": first.get("Code", ""),
+                                "Message": f"{len(errors)} key(s) not deleted, first {first.get('Key')!r}: "
+                                f"{first.get('Message', '')}",
+                            }
+                        },
+                        "DeleteObjects",
+                    )
+
+            self._call(f"delete {len(chunk)} object(s)", remove, retry=True)
 
     def signed_url(self, key: str, base_url: str) -> SignedUrl:
         """A presigned GET URL on the public endpoint; `base_url` is unused since S3 serves the bytes."""

@@ -24,6 +24,8 @@ from dreamforge.broker.celery import TASK_NAME, make_celery
 from dreamforge.config import Settings
 from dreamforge.engines.base import DeviceFault
 from dreamforge.jobs.state import JobStatus
+from dreamforge.observability.logs import configure_logging
+from dreamforge.observability.metrics import serve_metrics
 from dreamforge.runtime import Runtime, build_worker_runtime
 from dreamforge.worker.runner import DEVICE_FAULT_EXIT_CODE, run_job
 
@@ -81,6 +83,11 @@ class _WorkerState:
             # The reconciler sends queued jobs no message carries; nothing is lost.
             log.warning("job %s re-queued but not re-sent (%s); the reconciler will", job_id, exc)
 
+    def on_init(self, **_: Any) -> None:
+        # No HTTP server here: Prometheus scrapes this process on its own port (DF_METRICS_PORT).
+        # With the solo pool, jobs run in this very process, so its registry holds their metrics.
+        serve_metrics(self.settings.metrics_port)
+
     def on_ready(self, **_: Any) -> None:
         # Build (and migrate) before the first job, so start-up problems show at once in the log;
         # if the database is down now, the first job tries again.
@@ -114,10 +121,42 @@ def create_worker_app(settings: Settings) -> Celery:
         run_job_task
     )
     # Strong references: Celery keeps signal receivers weakly by default.
+    signals.worker_init.connect(state.on_init, weak=False)
     signals.worker_ready.connect(state.on_ready, weak=False)
+    if settings.log_format == "json":
+        # A receiver of setup_logging tells Celery to leave logging alone (its own handlers and the
+        # stdout redirect would write text); celeryd_init runs early enough to drop the text banner.
+        signals.setup_logging.connect(_json_logging, weak=False)
+        signals.celeryd_init.connect(_quiet_banner, weak=False)
+        signals.worker_ready.connect(_quiet_shutdown_notices, weak=False)
+        signals.worker_shutting_down.connect(_log_shutdown, weak=False)
     signals.worker_shutting_down.connect(state.on_shutting_down, weak=False)
     signals.worker_shutdown.connect(state.on_shutdown, weak=False)
     return celery
+
+
+def _json_logging(loglevel: int | None = None, **_: Any) -> None:
+    # `dreamforge worker` configured JSON logging already (then this does nothing); `celery -A` did not.
+    configure_logging(loglevel or logging.INFO, "json")
+
+
+def _quiet_banner(instance: Any = None, **_: Any) -> None:
+    if instance is not None:
+        instance.quiet = True
+
+
+def _quiet_shutdown_notices(sender: Any = None, **_: Any) -> None:
+    # Celery's SIGTERM/SIGQUIT handlers print "worker: Warm shutdown (MainProcess)" straight to
+    # stdout; the same handlers again (installed by now), without the print: `_log_shutdown` logs it.
+    from celery.apps import worker as celery_worker
+
+    controller = getattr(sender, "controller", None)
+    celery_worker.install_worker_term_handler(controller, verbose=False)
+    celery_worker.install_worker_term_hard_handler(controller, verbose=False)
+
+
+def _log_shutdown(sig: str = "", how: str = "", **_: Any) -> None:
+    log.info("worker: %s shutdown (%s)", how, sig)
 
 
 def run_worker(settings: Settings, argv: list[str]) -> int:

@@ -41,6 +41,8 @@ from dreamforge.jobs.lifecycle import finish_job, log_event, requeue_job, settle
 from dreamforge.jobs.seeds import SeedStrategy, first_seed, item_seed
 from dreamforge.jobs.stages import DENOISE, STORE, StagePlan, stage_plan, upscale_params
 from dreamforge.jobs.state import JobStatus
+from dreamforge.observability import metrics
+from dreamforge.observability.context import item_context, job_context, job_id_var
 from dreamforge.recipe.compose import compose
 from dreamforge.recipe.embed import encode_image
 from dreamforge.registry import repository as models_repo
@@ -98,6 +100,8 @@ class LeaseKeeper:
         self._thread.join(5)
 
     def _loop(self) -> None:
+        # A new thread starts with an empty context: tag this one's log lines with the job too.
+        job_id_var.set(str(self.job_id))
         lease = self.ctx.settings.lease_seconds
         while not self._done.wait(lease / 3):
             try:
@@ -245,14 +249,16 @@ class _JobRun:
                 self._retry_smaller(batch, batch_size, exc)
                 continue
             for position, (item, image) in enumerate(zip(batch, images, strict=True)):
-                final = self._later_stages(item, image)
-                keep = image if self.stages and upscale and upscale.get("keep_base") else None
-                self._store_item(item, final, base=keep, batch_size=len(batch), position=position)
+                with item_context(item.index):
+                    final = self._later_stages(item, image)
+                    keep = image if self.stages and upscale and upscale.get("keep_base") else None
+                    self._store_item(item, final, base=keep, batch_size=len(batch), position=position)
                 done.add(item.index)
             pending = pending[len(batch) :]
 
     def _log_load(self, name: str, seconds: float) -> None:
         if seconds:
+            metrics.MODEL_LOAD_SECONDS.observe(seconds)
             with transaction(self.ctx.sessions) as s:
                 log_event(s, self.job_id, "info", f"model {name!r} loaded in {seconds:.2f}s")
 
@@ -283,6 +289,7 @@ class _JobRun:
                 )
             started = time.monotonic()
             image = stage.run(item.seed, image, self._reporter([item], stage.name))
+            metrics.STAGE_SECONDS.labels(stage.name).observe(time.monotonic() - started)
             with transaction(self.ctx.sessions) as s:
                 log_event(
                     s,
@@ -384,7 +391,8 @@ class _JobRun:
     def _render_batch(
         self, engine: Engine, spec: ModelSpec, request: RenderRequest, batch: list[_Item]
     ) -> list[Image.Image]:
-        return engine.render(spec, request, [item.seed for item in batch], self._reporter(batch, DENOISE))
+        with metrics.stage_timer(DENOISE):
+            return engine.render(spec, request, [item.seed for item in batch], self._reporter(batch, DENOISE))
 
     def _encoded(self, item: _Item, image: Image.Image, *, stage: str, batch: dict[str, int]) -> bytes:
         """The item's image as stored: its recipe embedded unless the job said not to."""
@@ -420,10 +428,12 @@ class _JobRun:
         images.append(("final", image))
         stored: list[tuple[str, Image.Image, str, bytes]] = []
         for stage, picture in images:
-            data = self._encoded(item, picture, stage=stage, batch=batch)
+            with metrics.stage_timer("encode"):
+                data = self._encoded(item, picture, stage=stage, batch=batch)
             key = artifact_key(self.job_id, item.index, fmt, stage)
             # Store first, then record: an artifact row always points at bytes that exist.
-            self.ctx.store.put(key, data, CONTENT_TYPES[fmt])
+            with metrics.stage_timer("upload"):
+                self.ctx.store.put(key, data, CONTENT_TYPES[fmt])
             stored.append((stage, picture, key, data))
         with transaction(self.ctx.sessions) as s:
             job = self.owned_job(s)
@@ -464,6 +474,7 @@ class _JobRun:
             job.completed = jobs_repo.count_final_artifacts(s, self.job_id)
             job.updated_at = utcnow()
             self._progress_event(s, item.index, STORE, 1, 1)
+        metrics.IMAGES.inc()
 
 
 def _model_info(model: Model) -> dict[str, Any]:
@@ -498,6 +509,11 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
     Returns None if the job was not ours to run (running elsewhere, finished, missing, or lost).
     Raises `DeviceFault` after re-queueing the job when the device is lost: the process must exit.
     """
+    with job_context(job_id):
+        return _run_job(ctx, job_id)
+
+
+def _run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
     settings = ctx.settings
     with transaction(ctx.sessions) as s:
         # A redelivered message may find its job still marked running by a worker that died.
@@ -515,6 +531,7 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
         log_event(
             s, job_id, "info", f"started on {ctx.worker_id} (attempt {attempts} of {settings.max_attempts})"
         )
+    started = time.monotonic()
 
     status = JobStatus.succeeded
     code: ErrorCode | None = None
@@ -534,16 +551,20 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
             return JobStatus.queued
         except DeviceFault as exc:
             log.critical("job %s: %s; this worker process must restart", job_id, exc.message)
+            failed = False
             try:
                 with transaction(ctx.sessions) as s:
                     job = run.owned_job(s)
                     if job.attempts >= settings.max_attempts:
                         # A job that breaks every GPU it meets must not loop through the workers.
                         finish_job(s, job, JobStatus.failed, exc.code, exc.message)
+                        failed = True
                     else:
                         requeue_job(s, job, f"the GPU failed ({exc.message}); moving to a fresh worker")
             except JobLost:
                 pass
+            if failed:
+                metrics.job_finished(JobStatus.failed.value, exc.code, time.monotonic() - started)
             raise
         except JobCanceled:
             status = JobStatus.canceled
@@ -557,4 +578,5 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
                 finish_job(s, run.owned_job(s), status, code, message)
         except JobLost:
             return None
+    metrics.job_finished(status.value, code, time.monotonic() - started)
     return status

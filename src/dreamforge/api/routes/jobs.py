@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
+from pydantic import BeforeValidator
 from sqlalchemy.orm import Session
 
-from dreamforge.api.deps import BaseUrlDep, RuntimeDep, SessionDep
-from dreamforge.api.errors import ERROR_BODY, INVALID, NOT_FOUND, UNAVAILABLE, ApiError, not_found
+from dreamforge.accounts.service import Principal
+from dreamforge.api.deps import BaseUrlDep, PrincipalDep, RuntimeDep, SessionDep
+from dreamforge.api.errors import (
+    ERROR_BODY,
+    INVALID,
+    NOT_FOUND,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+    ApiError,
+    not_found,
+)
 from dreamforge.api.schemas import (
     ArtifactListResponse,
     JobCreatedResponse,
@@ -25,17 +36,57 @@ from dreamforge.db.tables import Job
 from dreamforge.error_codes import ErrorCode
 from dreamforge.events.repository import log_events
 from dreamforge.jobs import repository as jobs_repo
-from dreamforge.jobs.limits import JobLimits
+from dreamforge.jobs.limits import JobLimits, KeyQuota
 from dreamforge.jobs.service import cancel_job, submit_job
+from dreamforge.runtime import Runtime
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=UNAUTHORIZED)
+
+# OpenAPI links from a created job to what a client does next (stateful contract tests follow them).
+# The stream is left out: on a job that never ends it would not end either.
+JOB_LINKS = {
+    name: {"operationId": operation, "parameters": {"id": "$response.body#/job/id"}}
+    for name, operation in (
+        ("GetJob", "getJob"),
+        ("ListArtifacts", "listArtifacts"),
+        ("GetLogs", "getLogs"),
+        ("GetProgress", "getProgress"),
+        ("CancelJob", "cancelJob"),
+    )
+}
 
 
-def _load_job(session: Session, job_id: uuid.UUID) -> Job:
+def _load_job(session: Session, job_id: uuid.UUID, principal: Principal) -> Job:
+    """The job, if the caller may see it; another key's job is 404 like a missing one (no existence leak)."""
     job = jobs_repo.get_job(session, job_id)
-    if job is None:
+    if job is None or not principal.can_see(job.api_key_id):
         raise not_found("job", job_id)
     return job
+
+
+def _iso_only(value: object) -> object:
+    """Refuse a bare number: pydantic would read it as Unix seconds, which the contract does not offer."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+(\.\d*)?\s*", value):
+        raise ValueError("must be an ISO-8601 date-time such as 2025-09-12T21:00:00Z, not a number")
+    return value
+
+
+def _quota(principal: Principal, runtime: Runtime) -> KeyQuota | None:
+    """The caller's quota: its key's own limits, else the service defaults; none without a key."""
+    if principal.key_id is None:
+        return None
+    settings = runtime.settings
+    return KeyQuota(
+        owner=principal.key_id,
+        max_active_jobs=(
+            settings.quota_active_jobs if principal.max_active_jobs is None else principal.max_active_jobs
+        ),
+        max_images_per_day=(
+            settings.quota_images_per_day
+            if principal.max_images_per_day is None
+            else principal.max_images_per_day
+        ),
+    )
 
 
 @router.post(
@@ -45,6 +96,7 @@ def _load_job(session: Session, job_id: uuid.UUID) -> Job:
     operation_id="createJob",
     summary="Create a job (generate)",
     responses={
+        202: {"description": "Accepted: the job is queued", "links": JOB_LINKS},
         409: {**ERROR_BODY, "description": "Idempotency conflict"},
         422: {
             **ERROR_BODY,
@@ -57,7 +109,8 @@ def _load_job(session: Session, job_id: uuid.UUID) -> Job:
         429: {
             **ERROR_BODY,
             "description": (
-                "`queue_full`: DF_MAX_QUEUED_JOBS jobs are already queued; retry the same request "
+                "`queue_full`: DF_MAX_QUEUED_JOBS jobs are already queued; `quota_exceeded`: the API "
+                "key has its most jobs active or made its most images in 24 h. Retry the same request "
                 "after the `Retry-After` header's seconds"
             ),
             "headers": {
@@ -77,6 +130,7 @@ def create(
     body: JobCreateRequest,
     session: SessionDep,
     runtime: RuntimeDep,
+    principal: PrincipalDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -100,6 +154,8 @@ def create(
             max_steps=runtime.settings.max_steps,
             max_queued_jobs=runtime.settings.max_queued_jobs,
         ),
+        owner=principal.key_id,
+        quota=_quota(principal, runtime),
     )
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
@@ -114,9 +170,9 @@ def create(
     summary="Get job status",
     responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
-def get(id: uuid.UUID, session: SessionDep) -> JobStatusResponse:
+def get(id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> JobStatusResponse:
     """A job's status, item counts and, when it failed, why."""
-    return job_view(_load_job(session, id))
+    return job_view(_load_job(session, id, principal))
 
 
 @router.post(
@@ -132,8 +188,9 @@ def get(id: uuid.UUID, session: SessionDep) -> JobStatusResponse:
         **UNAVAILABLE,
     },
 )
-def cancel(id: uuid.UUID, session: SessionDep) -> JobStatusResponse:
+def cancel(id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> JobStatusResponse:
     """Stop a job: a queued one never runs, a running one stops within a step; finished items stay."""
+    _load_job(session, id, principal)
     job = cancel_job(session, id)
     if job is None:
         raise not_found("job", id)
@@ -148,10 +205,10 @@ def cancel(id: uuid.UUID, session: SessionDep) -> JobStatusResponse:
     responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
 def artifacts(
-    id: uuid.UUID, session: SessionDep, runtime: RuntimeDep, base_url: BaseUrlDep
+    id: uuid.UUID, session: SessionDep, runtime: RuntimeDep, base_url: BaseUrlDep, principal: PrincipalDep
 ) -> ArtifactListResponse:
     """The job's stored images, each with a signed URL valid until `expires_at`."""
-    _load_job(session, id)
+    _load_job(session, id, principal)
     rows = jobs_repo.list_artifacts(session, id)
     return ArtifactListResponse(artifacts=[artifact_view(r, runtime.store, base_url) for r in rows])
 
@@ -178,11 +235,16 @@ def artifacts(
 def logs(
     id: uuid.UUID,
     session: SessionDep,
+    principal: PrincipalDep,
     tail: Annotated[int | None, Query(ge=1, le=10000, description="Return last N lines")] = None,
-    since_ts: Annotated[datetime | None, Query(description="Return logs at or after this timestamp")] = None,
+    since_ts: Annotated[
+        datetime | None,
+        BeforeValidator(_iso_only),
+        Query(description="Return logs at or after this ISO-8601 date-time"),
+    ] = None,
 ) -> Response:
     """The job's log lines as NDJSON, oldest first; poll with `since_ts` for new ones."""
-    _load_job(session, id)
+    _load_job(session, id, principal)
     if since_ts is not None and since_ts.tzinfo is None:
         since_ts = since_ts.replace(tzinfo=UTC)
     rows = log_events(session, id, tail=tail, since=since_ts)
@@ -197,9 +259,9 @@ def logs(
     summary="Get aggregated progress for a job",
     responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
-def progress(id: uuid.UUID, session: SessionDep) -> ProgressResponse:
+def progress(id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> ProgressResponse:
     """Overall and per-item progress, with the stage weights behind them."""
-    job = _load_job(session, id)
+    job = _load_job(session, id, principal)
     return progress_view(job, list(jobs_repo.get_items(session, id)))
 
 
@@ -221,7 +283,21 @@ def progress(id: uuid.UUID, session: SessionDep) -> ProgressResponse:
             ),
             "content": {
                 "text/event-stream": {
-                    "schema": {"type": "string", "description": "SSE events: progress, log, artifact, error"}
+                    # One Server-Sent Event, as OpenAPI 3.2 describes event streams item by item.
+                    "schema": {
+                        "type": "object",
+                        "description": "One event of the stream (keep-alive comments carry no event)",
+                        "required": ["data"],
+                        "properties": {
+                            "event": {"enum": ["status", "progress", "log", "artifact", "error", "done"]},
+                            "id": {"type": "string", "description": "Resume after it with Last-Event-ID"},
+                            "data": {
+                                "type": "string",
+                                "contentMediaType": "application/json",
+                                "description": "The event's fields as a JSON object (see above)",
+                            },
+                        },
+                    }
                 }
             },
         },
@@ -240,6 +316,7 @@ async def stream(
     runtime: RuntimeDep,
     feeds: FeedsDep,
     base_url: BaseUrlDep,
+    principal: PrincipalDep,
     last_event_id: Annotated[
         str | None, Header(alias="Last-Event-ID", description="Resume after this event id")
     ] = None,
@@ -256,4 +333,4 @@ async def stream(
                 "Last-Event-ID must be an event id from this stream",
                 {"field": "Last-Event-ID", "value": last_event_id},
             ) from None
-    return await stream_job_events(runtime, feeds, id, after, base_url)
+    return await stream_job_events(runtime, feeds, id, after, base_url, principal)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
-from dreamforge.api.deps import SessionDep
-from dreamforge.api.errors import INVALID, NOT_FOUND, UNAVAILABLE, not_found
+from dreamforge.api.deps import SessionDep, get_principal
+from dreamforge.api.errors import INVALID, NOT_FOUND, UNAUTHORIZED, UNAVAILABLE, not_found
 from dreamforge.api.schemas import ModelDescriptor, ModelListResponse
 from dreamforge.api.views import model_descriptor, model_summary
 from dreamforge.registry import repository as models_repo
 
-router = APIRouter(prefix="/models", tags=["models"])
+# Any valid key may list models (with DF_AUTH=required); models are the service's, not a key's.
+router = APIRouter(
+    prefix="/models", tags=["models"], dependencies=[Depends(get_principal)], responses=UNAUTHORIZED
+)
 
 
 @router.get(

@@ -1,0 +1,38 @@
+"""Queries over API keys. Nothing here commits."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from dreamforge.db.tables import ApiKey
+
+
+def get_key_by_digest(session: Session, digest: str) -> ApiKey | None:
+    """The key whose keyed hash is `digest` (revoked ones too)."""
+    return session.scalars(select(ApiKey).where(ApiKey.digest == digest)).first()
+
+
+def get_key_by_name(session: Session, name: str) -> ApiKey | None:
+    """The key with this unique name."""
+    return session.scalars(select(ApiKey).where(ApiKey.name == name)).first()
+
+
+def find_keys(session: Session, ref: str) -> Sequence[ApiKey]:
+    """Keys matching `ref`: an id, a name, or the shown start of the key."""
+    conditions = [ApiKey.name == ref, ApiKey.shown == ref]
+    with contextlib.suppress(ValueError):
+        conditions.append(ApiKey.id == uuid.UUID(ref))
+    return session.scalars(select(ApiKey).where(or_(*conditions))).all()
+
+
+def list_keys(session: Session, *, include_revoked: bool = False) -> Sequence[ApiKey]:
+    """Keys, oldest first."""
+    stmt = select(ApiKey)
+    if not include_revoked:
+        stmt = stmt.where(ApiKey.revoked_at.is_(None))
+    return session.scalars(stmt.order_by(ApiKey.created_at)).all()
