@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from dreamforge.db.session import transaction
@@ -571,6 +572,19 @@ def _run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
         except DreamForgeError as exc:
             status, code, message = JobStatus.failed, exc.code, exc.message
         except Exception as exc:
+            if settings.distributed and isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                # The database dropped the connection under the job (a restart, a failover, a killed
+                # backend): not the job's fault, so not a failure. Re-queue it on a fresh connection
+                # (an attempt used, the stored items kept); if the database is still away, stop as a
+                # crash would and let the lapsed lease bring the job back.
+                log.warning("job %s: database connection lost (%s); re-queueing", job_id, exc.orig)
+                try:
+                    with transaction(ctx.sessions) as s:
+                        requeue_job(s, run.owned_job(s), "the database connection was lost; re-queued")
+                except Exception as again:
+                    log.warning("job %s: not re-queued (%s); left to lease recovery", job_id, again)
+                    return None
+                return JobStatus.queued
             log.exception("job %s crashed", job_id)
             status, code, message = JobStatus.failed, ErrorCode.engine_error, f"{type(exc).__name__}: {exc}"
         try:

@@ -97,6 +97,8 @@ def _quota(principal: Principal, runtime: Runtime) -> KeyQuota | None:
     summary="Create a job (generate)",
     responses={
         202: {"description": "Accepted: the job is queued", "links": JOB_LINKS},
+        400: {**ERROR_BODY, "description": "`bad_request`: the body is not JSON (or not UTF-8)"},
+        413: {**ERROR_BODY, "description": "`payload_too_large`: the body exceeds DF_MAX_BODY_BYTES"},
         409: {**ERROR_BODY, "description": "Idempotency conflict"},
         422: {
             **ERROR_BODY,
