@@ -7,19 +7,15 @@ stored as a hash keyed by it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
+from dreamforge.cli.local import local_registry
 from dreamforge.cli.output import OutputFormat, OutputOpt, emit_json, emit_table, err, fail
-from dreamforge.config import Settings
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session, sessionmaker
-
     from dreamforge.db.tables import ApiKey
 
 app = typer.Typer(
@@ -28,21 +24,6 @@ app = typer.Typer(
 )
 
 KeyArg = Annotated[str, typer.Argument(help="The key's id, name, or shown prefix (df_live_xxxxxx).")]
-
-
-@contextmanager
-def _registry() -> Iterator[tuple[Settings, sessionmaker[Session]]]:
-    from dreamforge.db.migrate import upgrade_to_head
-    from dreamforge.db.session import create_db_engine, make_session_factory
-
-    settings = Settings()
-    settings.ensure_dirs()
-    upgrade_to_head(settings.database_url)
-    engine = create_db_engine(settings.database_url)
-    try:
-        yield settings, make_session_factory(engine)
-    finally:
-        engine.dispose()
 
 
 def _record(row: ApiKey) -> dict[str, Any]:
@@ -99,7 +80,7 @@ def create(
 
     if not name.strip() or len(name) > 100:
         raise fail("--name must be 1 to 100 characters", code=2)
-    with _registry() as (settings, sessions):
+    with local_registry() as (settings, sessions):
         try:
             with transaction(sessions) as session:
                 row, key = issue_key(
@@ -128,7 +109,7 @@ def list_keys(
     """Keys, oldest first (never the keys themselves: only their shown prefix)."""
     from dreamforge.accounts import repository as keys_repo
 
-    with _registry() as (_, sessions), sessions() as session:
+    with local_registry() as (_, sessions), sessions() as session:
         rows = list(keys_repo.list_keys(session, include_revoked=all_keys))
         if output is OutputFormat.table:
             emit_table(_table(rows))
@@ -143,7 +124,7 @@ def revoke(key: KeyArg, output: OutputOpt = OutputFormat.json) -> None:
     from dreamforge.accounts.service import revoke_key
     from dreamforge.db.session import transaction
 
-    with _registry() as (_, sessions), transaction(sessions) as session:
+    with local_registry() as (_, sessions), transaction(sessions) as session:
         found = list(keys_repo.find_keys(session, key))
         if not found:
             raise fail(f"no API key matches {key!r} (see `dreamforge apikey list`)")

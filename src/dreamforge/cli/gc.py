@@ -7,13 +7,12 @@ directly, not through the API, with the same sweep API processes run every
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
+from dreamforge.cli.local import open_database
 from dreamforge.cli.output import (
     OutputFormat,
     OutputOpt,
@@ -29,23 +28,8 @@ from dreamforge.config import Settings
 
 if TYPE_CHECKING:
     # Imported when the command runs, so `--help` starts without SQLAlchemy.
-    from sqlalchemy.orm import Session, sessionmaker
 
     from dreamforge.jobs.retention import ExpiredJob
-
-
-@contextmanager
-def _database(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    from dreamforge.db.migrate import upgrade_to_head
-    from dreamforge.db.session import create_db_engine, make_session_factory
-
-    settings.ensure_dirs()
-    upgrade_to_head(settings.database_url)
-    engine = create_db_engine(settings.database_url)
-    try:
-        yield make_session_factory(engine)
-    finally:
-        engine.dispose()
 
 
 def _size(n: int) -> str:
@@ -109,7 +93,7 @@ def gc(
     from dreamforge.storage.base import StorageUnavailable
 
     cutoff = cutoff_for(days)
-    with _database(settings) as sessions:
+    with open_database(settings) as sessions:
         if dry_run:
             jobs = expired_jobs(sessions, cutoff)
             artifacts = sum(j.artifacts for j in jobs)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -17,6 +15,7 @@ import httpx
 import typer
 from rich.table import Table
 
+from dreamforge.cli.local import local_registry
 from dreamforge.cli.output import (
     OutputFormat,
     OutputOpt,
@@ -29,11 +28,10 @@ from dreamforge.cli.output import (
     fail,
 )
 from dreamforge.cli.progress import progress_for
-from dreamforge.config import Settings
 
 if TYPE_CHECKING:
     # Imported when a command runs, so `dreamforge job ...` and `--help` start without SQLAlchemy.
-    from sqlalchemy.orm import Session, sessionmaker
+    from sqlalchemy.orm import Session
 
     from dreamforge.db.tables import Model
 
@@ -69,21 +67,6 @@ class TinyKind(StrEnum):
 
 
 TINY_SCALES = (2, 4)
-
-
-@contextmanager
-def _registry() -> Iterator[tuple[Settings, sessionmaker[Session]]]:
-    from dreamforge.db.migrate import upgrade_to_head
-    from dreamforge.db.session import create_db_engine, make_session_factory
-
-    settings = Settings()
-    settings.ensure_dirs()
-    upgrade_to_head(settings.database_url)
-    engine = create_db_engine(settings.database_url)
-    try:
-        yield settings, make_session_factory(engine)
-    finally:
-        engine.dispose()
 
 
 def _record(model: Model) -> dict[str, Any]:
@@ -193,7 +176,7 @@ def download(
         raise fail(str(exc), code=2) from None
     started = time.monotonic()
     with (
-        _registry() as (settings, sessions),
+        local_registry() as (settings, sessions),
         httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0)) as client,
     ):
         try:
@@ -243,7 +226,7 @@ def verify(
     from dreamforge.registry.verify import verify_model
 
     configure_logging(verbose)
-    with _registry() as (_, sessions), sessions() as session:
+    with local_registry() as (_, sessions), sessions() as session:
         report = verify_model(_find(session, model))
     if output is OutputFormat.table:
         table = Table(box=None, pad_edge=False)
@@ -281,7 +264,7 @@ def list_models(
     from dreamforge.registry import repository as models_repo
 
     configure_logging(verbose)
-    with _registry() as (_, sessions), sessions() as session:
+    with local_registry() as (_, sessions), sessions() as session:
         models = list(models_repo.list_models(session, enabled=True if enabled else None))
         if output is OutputFormat.table:
             emit_table(_table(models))
@@ -293,7 +276,7 @@ def list_models(
 def get(model: ModelArg, output: OutputOpt = OutputFormat.json, verbose: VerboseOpt = False) -> None:
     """One model: provenance, hashes and files."""
     configure_logging(verbose)
-    with _registry() as (_, sessions), sessions() as session:
+    with local_registry() as (_, sessions), sessions() as session:
         row = _find(session, model)
         if output is OutputFormat.table:
             emit_table(_table([row]))
@@ -305,7 +288,7 @@ def _set_enabled(model: str, enabled: bool, output: OutputFormat) -> None:
     from dreamforge.db.session import transaction
     from dreamforge.registry import repository as models_repo
 
-    with _registry() as (_, sessions), transaction(sessions) as session:
+    with local_registry() as (_, sessions), transaction(sessions) as session:
         row = models_repo.set_model_enabled(session, _find(session, model), enabled)
         if output is OutputFormat.table:
             emit_table(_table([row]))
@@ -361,7 +344,7 @@ def create_tiny(
     if scale is not None and scale not in TINY_SCALES:
         raise fail(f"--scale must be one of {', '.join(map(str, TINY_SCALES))}, not {scale}", code=2)
     name = name or ("tiny-upscaler" if upscaler else "tiny-sdxl")
-    with _registry() as (settings, sessions):
+    with local_registry() as (settings, sessions):
         try:
             with transaction(sessions) as session:
                 if upscaler:
