@@ -10,7 +10,6 @@ replaced) lost every queued job's message too: after one, every queued job is se
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from collections.abc import Callable
 
@@ -21,12 +20,15 @@ from dreamforge.db.session import transaction
 from dreamforge.jobs import repository as jobs_repo
 from dreamforge.jobs.dispatch import BrokerUnavailable, Dispatcher
 from dreamforge.jobs.lifecycle import settle_abandoned
+from dreamforge.jobs.periodic import PeriodicTask
 
 log = logging.getLogger(__name__)
 
 
-class Reconciler:
+class Reconciler(PeriodicTask):
     """A background thread that settles abandoned jobs and re-sends undispatched ones."""
+
+    handled = (SQLAlchemyError, BrokerUnavailable)
 
     def __init__(
         self,
@@ -37,34 +39,19 @@ class Reconciler:
         interval_seconds: float,
         broker_reset: Callable[[], bool] | None = None,
     ) -> None:
+        super().__init__("reconciler", interval_seconds)
         self.sessions = sessions
         self.dispatcher = dispatcher
         # True once per loss of the broker's data (CeleryDispatcher.broker_reset); None: no such check.
         self.broker_reset = broker_reset
         self._broker_lost = False
         self.max_attempts = max_attempts
-        self.interval = interval_seconds
         # The API sends a job right after accepting it; wait a little longer before resending.
         self.grace_seconds = max(10.0, 2 * interval_seconds)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="dreamforge-reconciler", daemon=True)
 
-    def start(self) -> None:
-        """Start sweeping."""
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop sweeping."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.sweep()
-            except (SQLAlchemyError, BrokerUnavailable) as exc:
-                log.warning("reconciler: sweep skipped (%s)", exc)
+    def run_once(self) -> int:
+        """One sweep (the periodic task)."""
+        return self.sweep()
 
     def sweep(self) -> int:
         """One pass of both sweeps; returns how many jobs were sent to the broker."""

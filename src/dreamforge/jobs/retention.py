@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dreamforge.db.session import transaction
 from dreamforge.db.tables import Job, utcnow
 from dreamforge.jobs import repository as jobs_repo
+from dreamforge.jobs.periodic import PeriodicTask
 from dreamforge.observability import metrics
 from dreamforge.storage.base import (
     CONTENT_TYPES,
@@ -159,7 +160,7 @@ def sweep(
             return total
 
 
-class RetentionSweeper:
+class RetentionSweeper(PeriodicTask):
     """A background thread that deletes expired jobs: first shortly after start, then every interval."""
 
     def __init__(
@@ -173,42 +174,25 @@ class RetentionSweeper:
     ) -> None:
         if days <= 0:
             raise ValueError("retention needs a positive number of days")
+        # Not at once (the process is starting), but soon: a process restarted more often than the
+        # interval still sweeps.
+        first = min(interval_seconds, 60.0) if first_delay_seconds is None else first_delay_seconds
+        super().__init__("retention", interval_seconds, first)
         self.sessions = sessions
         self.store = store
         self.days = days
-        self.interval = interval_seconds
-        # Not at once (the process is starting), but soon: a process restarted more often than the
-        # interval still sweeps.
-        self.first_delay = min(interval_seconds, 60.0) if first_delay_seconds is None else first_delay_seconds
         # Totals of this process's sweeps.
         self.swept = SweepResult()
         self.sweeps = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="dreamforge-retention", daemon=True)
 
-    def start(self) -> None:
-        """Start sweeping."""
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop sweeping (a batch in progress finishes first, up to `timeout`)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        delay = self.first_delay
-        while not self._stop.wait(delay):
-            delay = self.interval
-            try:
-                self.sweep_once()
-            except Exception as exc:  # the thread must outlive a database or store outage
-                log.warning("retention: sweep failed, retrying in %.0f s (%s)", self.interval, exc)
+    def run_once(self) -> SweepResult:
+        """One sweep (the periodic task)."""
+        return self.sweep_once()
 
     def sweep_once(self) -> SweepResult:
         """One sweep with the cutoff as of now; logged and added to the totals."""
         cutoff = cutoff_for(self.days)
-        result = sweep(self.sessions, self.store, cutoff, stop=self._stop)
+        result = sweep(self.sessions, self.store, cutoff, stop=self.stopping)
         self.swept += result
         self.sweeps += 1
         log.info(
