@@ -45,6 +45,7 @@ class ErrorCode(StrEnum):
     no_model_installed = "no_model_installed"
     no_upscaler_installed = "no_upscaler_installed"
     job_finished = "job_finished"
+    webhook_refused = "webhook_refused"
     illegal_transition = "illegal_transition"
     # API answers: signed artifact URLs.
     invalid_signature = "invalid_signature"
@@ -198,6 +199,14 @@ CATALOG: dict[ErrorCode, CodeInfo] = {
     ),
     ErrorCode.job_finished: _info(
         409, False, _API, "The job already succeeded or failed: nothing to cancel."
+    ),
+    ErrorCode.webhook_refused: _info(
+        422,
+        False,
+        _API,
+        "The job's `webhook` URL may not be called: not `https`, or its host is (or resolves to) a "
+        "loopback, private, link-local, multicast or metadata address; `details.reason` says which. "
+        "`DF_WEBHOOK_ALLOW_HOSTS` lets named hosts through.",
     ),
     ErrorCode.illegal_transition: _info(
         409, False, _API, "A job status change the state machine forbids (a race between two updates)."
