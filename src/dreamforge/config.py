@@ -127,6 +127,29 @@ class Settings(BaseSettings):
     # Per API key and process (DF_AUTH=required): one client cannot hold every stream slot.
     sse_max_streams_per_key: int = Field(default=100, ge=1)
 
+    # Webhooks (a job's `webhook` URL). The signing secret (`whsec_...`) of jobs made without an API key;
+    # unset, one is derived from the signing secret (`dreamforge webhook-secret` prints it). With
+    # DF_AUTH=required each API key has its own, shown once by `dreamforge apikey create`.
+    webhook_secret: SecretStr | None = None
+    # Hosts a webhook may name although plain `http` or a loopback/private address (local development),
+    # comma-separated hostnames or IP addresses, e.g. `localhost,127.0.0.1`.
+    webhook_allow_hosts: str = ""
+    # Seconds from one failed attempt to the next (each with +-10% jitter); after the last, the delivery
+    # is `failed`. The default is Standard Webhooks' (Svix's) schedule: 8 attempts over about 27 hours.
+    webhook_retry_schedule: list[float] = Field(
+        default=[5, 300, 1800, 7200, 18000, 36000, 36000], max_length=50
+    )
+    webhook_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # The whole answer (status, headers, up to 64 KiB of body, which is discarded) must come in this long.
+    webhook_read_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # Deliveries in flight at once per delivering process (threads); one hanging receiver holds one.
+    webhook_concurrency: int = Field(default=8, ge=1, le=256)
+    # The Celery queue of webhook deliveries (distributed); `dreamforge worker --queue webhooks` serves it.
+    webhook_queue: str = "webhooks"
+    # The API's address as clients reach it: the base of local artifact URLs in webhook bodies (requests
+    # use their own Host). Unset: http://DF_HOST:DF_PORT.
+    public_url: str = ""
+
     @property
     def database_url(self) -> str:
         """The SQLAlchemy URL: `DF_DB_URL`, or SQLite inside the data directory."""
@@ -165,6 +188,11 @@ class Settings(BaseSettings):
             path.write_text(secrets.token_hex(32))
             path.chmod(0o600)
         return path.read_text().strip().encode()
+
+    @property
+    def public_base_url(self) -> str:
+        """The API's base URL as clients reach it (local artifact URLs outside a request)."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     def ensure_dirs(self) -> None:
         """Create the data, models and artifacts directories."""

@@ -1,23 +1,26 @@
 """Wiring: which store, notifier, dispatcher and engines a process uses, chosen from settings alone.
 
-Embedded (no `DF_REDIS_URL`): one process, an in-process worker thread, local notifications.
-Distributed: API processes publish jobs to Celery on Redis and listen to Redis pub/sub for
-events; `dreamforge worker` processes run them. `DF_MINIO_ENDPOINT` picks S3 storage in either.
+Embedded (no `DF_REDIS_URL`): one process, an in-process worker thread, local notifications, a
+webhook deliverer thread pool. Distributed: API processes publish jobs to Celery on Redis and listen
+to Redis pub/sub for events; `dreamforge worker` processes run them, and `dreamforge worker --queue
+webhooks` processes deliver webhooks. `DF_MINIO_ENDPOINT` picks S3 storage in either.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from dreamforge.config import Settings
 from dreamforge.db.migrate import upgrade_to_head
-from dreamforge.db.session import announce_commits, create_db_engine, make_session_factory
+from dreamforge.db.session import announce_commits, create_db_engine, make_session_factory, on_commits
+from dreamforge.db.tables import Job, WebhookDelivery
 from dreamforge.engines.base import DEFAULT_PROVIDER, EngineFactory, Upscaler, UpscalerFactory
 from dreamforge.engines.base import Engine as RenderEngine
 from dreamforge.events.notifier import LocalNotifier, Notifier, RedisNotifier
@@ -25,6 +28,12 @@ from dreamforge.jobs.dispatch import Dispatcher
 from dreamforge.jobs.recovery import Reconciler
 from dreamforge.storage.base import ArtifactStore, FileServingStore
 from dreamforge.storage.local import LocalArtifactStore
+from dreamforge.webhooks.address import WebhookPolicy
+from dreamforge.webhooks.deliverer import DeliveryQueue, ThreadDeliverer, WebhookSweeper
+from dreamforge.webhooks.delivery import Deliveries
+from dreamforge.webhooks.outbox import DELIVER
+from dreamforge.webhooks.sender import WebhookSender
+from dreamforge.webhooks.signing import key_secret, service_secret
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -32,6 +41,9 @@ if TYPE_CHECKING:
     from dreamforge.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
+
+# A webhook message the broker has held this long past its due time is taken to be lost, and re-sent.
+WEBHOOK_MESSAGE_STALE_SECONDS = 120.0
 
 
 class Service(Protocol):
@@ -65,6 +77,10 @@ class Runtime:
     checks: dict[str, Check] = field(default_factory=dict)
     # Set in processes that run jobs (the embedded API and Celery workers).
     worker_context: WorkerContext | None = None
+    # Which webhook URLs jobs may name (DF_WEBHOOK_ALLOW_HOSTS), and how deliveries are attempted and queued.
+    webhook_policy: WebhookPolicy = field(default_factory=WebhookPolicy)
+    deliveries: Deliveries | None = None
+    webhook_queue: DeliveryQueue | None = None
     _started: list[Service] = field(default_factory=list)
 
     @property
@@ -82,6 +98,8 @@ class Runtime:
         """Stop services and release connections."""
         while self._started:
             self._started.pop().stop()
+        if self.deliveries is not None:
+            self.deliveries.sender.close()
         self.db_engine.dispose()
 
 
@@ -177,10 +195,17 @@ class _Parts:
     notifier: Notifier
     providers: dict[str, EngineFactory]
     checks: dict[str, Check]
+    deliveries: Deliveries
 
     def runtime(
-        self, dispatcher: Dispatcher, services: list[Service], worker_context: WorkerContext | None = None
+        self,
+        dispatcher: Dispatcher,
+        services: list[Service],
+        webhook_queue: DeliveryQueue,
+        worker_context: WorkerContext | None = None,
     ) -> Runtime:
+        # Every committed delivery is handed to this process's webhook queue.
+        on_commits(self.sessions, DELIVER, webhook_queue.send)
         return Runtime(
             settings=self.settings,
             db_engine=self.engine,
@@ -192,6 +217,9 @@ class _Parts:
             services=services,
             checks=self.checks,
             worker_context=worker_context,
+            webhook_policy=self.deliveries.sender.policy,
+            deliveries=self.deliveries,
+            webhook_queue=webhook_queue,
         )
 
     def worker_context(self) -> WorkerContext:
@@ -218,17 +246,52 @@ def _common(settings: Settings, notifier: Notifier, *, migrate: bool) -> _Parts:
     checks: dict[str, Check] = {"database": _database_check(engine), "storage": store.ping}
     if settings.distributed:
         checks["broker"] = _redis_check(settings.redis_url)
-    return _Parts(settings, engine, sessions, store, notifier, engine_providers(settings), checks)
+    deliveries = _deliveries(settings, sessions, store)
+    return _Parts(settings, engine, sessions, store, notifier, engine_providers(settings), checks, deliveries)
+
+
+def _deliveries(settings: Settings, sessions: sessionmaker[Session], store: ArtifactStore) -> Deliveries:
+    """How this process makes webhook attempts: its address policy, signer and body."""
+    from dreamforge.api.views import webhook_payload
+    from dreamforge.jobs.repository import list_artifacts
+
+    policy = WebhookPolicy.from_setting(settings.webhook_allow_hosts)
+    sender = WebhookSender(
+        policy,
+        connect_timeout=settings.webhook_connect_timeout_seconds,
+        read_timeout=settings.webhook_read_timeout_seconds,
+    )
+    base_url = settings.public_base_url
+    signing_key = settings.url_signing_key
+    configured = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+
+    def payload(session: Session, job: Job, delivery: WebhookDelivery) -> dict[str, Any]:
+        artifacts = list_artifacts(session, job.id)
+        return webhook_payload(job, delivery, artifacts, store, base_url).model_dump(mode="json")
+
+    def secret(key_id: uuid.UUID | None) -> str:
+        return key_secret(signing_key, key_id) if key_id else service_secret(signing_key, configured)
+
+    # Longer than an attempt can take (connect, answer, capped body), so a live attempt keeps its claim.
+    lease = settings.webhook_connect_timeout_seconds + 2 * settings.webhook_read_timeout_seconds + 30
+    return Deliveries(sessions, sender, payload, secret, settings.webhook_retry_schedule, lease)
 
 
 def _distributed(
     settings: Settings, celery: Celery, *, listen: bool, migrate: bool
-) -> tuple[_Parts, Dispatcher, list[Service]]:
-    from dreamforge.broker.celery import CeleryDispatcher
+) -> tuple[_Parts, Dispatcher, DeliveryQueue, list[Service]]:
+    from dreamforge.broker.celery import CeleryDispatcher, CeleryWebhookQueue
 
     notifier = RedisNotifier(settings.redis_url, listen=listen)
     parts = _common(settings, notifier, migrate=migrate)
     dispatcher = CeleryDispatcher(celery, parts.sessions, settings.queue)
+    webhook_queue = CeleryWebhookQueue(celery, parts.sessions, settings.webhook_queue)
+    sweeper = WebhookSweeper(
+        parts.sessions,
+        webhook_queue,
+        interval_seconds=settings.recovery_interval_seconds,
+        stale_seconds=WEBHOOK_MESSAGE_STALE_SECONDS,
+    )
     reconciler = Reconciler(
         parts.sessions,
         dispatcher,
@@ -236,7 +299,7 @@ def _distributed(
         interval_seconds=settings.recovery_interval_seconds,
         broker_reset=dispatcher.broker_reset,
     )
-    return parts, dispatcher, [notifier, reconciler]
+    return parts, dispatcher, webhook_queue, [notifier, reconciler, sweeper]
 
 
 def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -244,16 +307,17 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     if settings.distributed:
         from dreamforge.broker.celery import make_celery
 
-        parts, dispatcher, services = _distributed(
+        parts, dispatcher, queue, services = _distributed(
             settings, make_celery(settings), listen=True, migrate=migrate
         )
-        return parts.runtime(dispatcher, [*services, *_retention(parts)])
+        return parts.runtime(dispatcher, [*services, *_retention(parts)], queue)
     from dreamforge.worker.inprocess import InProcessRunner
 
     parts = _common(settings, LocalNotifier(), migrate=migrate)
     ctx = parts.worker_context()
     runner = InProcessRunner(ctx)
-    return parts.runtime(runner, [runner, *_retention(parts)], worker_context=ctx)
+    deliverer = ThreadDeliverer(parts.deliveries, parts.sessions, settings.webhook_concurrency)
+    return parts.runtime(runner, [runner, deliverer, *_retention(parts)], deliverer, worker_context=ctx)
 
 
 def _retention(parts: _Parts) -> list[Service]:
@@ -277,5 +341,5 @@ def build_worker_runtime(settings: Settings, celery: Celery) -> Runtime:
     """Wire a Celery worker process: it runs jobs and publishes their events to Redis."""
     if not settings.distributed:
         raise RuntimeError("a Celery worker needs DF_REDIS_URL (the embedded topology runs its own worker)")
-    parts, dispatcher, services = _distributed(settings, celery, listen=False, migrate=True)
-    return parts.runtime(dispatcher, services, worker_context=parts.worker_context())
+    parts, dispatcher, queue, services = _distributed(settings, celery, listen=False, migrate=True)
+    return parts.runtime(dispatcher, services, queue, worker_context=parts.worker_context())

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from dreamforge import __version__
 from dreamforge.api.errors import install_error_handlers
 from dreamforge.api.middleware import RequestIdMiddleware, RequestLimitsMiddleware
-from dreamforge.api.routes import files, health, jobs, metrics, models
+from dreamforge.api.routes import files, health, jobs, metrics, models, webhooks
 from dreamforge.config import Settings
 from dreamforge.observability.http import HttpMetricsMiddleware
 from dreamforge.runtime import Runtime, build_runtime, store_serves_files
@@ -61,4 +61,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.include_router(files.router, prefix="/v1")
     app.include_router(health.router)
     app.include_router(metrics.router)
+    # Documentation only: the callback receivers implement (OpenAPI 3.1 `webhooks`).
+    app.webhooks.include_router(webhooks.router)
     return app

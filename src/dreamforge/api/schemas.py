@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from typing import Any, ClassVar, Literal, cast
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -24,8 +25,17 @@ from dreamforge.engines.base import DEFAULT_PROVIDER, Scheduler, UpscaleMethod
 from dreamforge.jobs.seeds import SeedStrategy
 from dreamforge.jobs.state import JobStatus
 from dreamforge.storage.base import ImageFormat
+from dreamforge.webhooks.outbox import DEFAULT_EVENTS, WebhookEvent
 
-__all__ = ["DEFAULT_PROVIDER", "ImageFormat", "JobStatus", "Scheduler", "SeedStrategy", "UpscaleMethod"]
+__all__ = [
+    "DEFAULT_PROVIDER",
+    "ImageFormat",
+    "JobStatus",
+    "Scheduler",
+    "SeedStrategy",
+    "UpscaleMethod",
+    "WebhookEvent",
+]
 
 # The largest side a job's delivered images may have, before and after upscaling.
 MAX_SIDE = 4096
@@ -230,6 +240,26 @@ class JobCreateRequest(BaseModel):
     upscale: UpscaleRequest | None = Field(
         default=None, description="Enlarge each image after generation: a second step, `upscale`."
     )
+    webhook: str | None = Field(
+        default=None,
+        min_length=8,
+        max_length=2048,
+        description=(
+            "An `https` URL to POST the job's events to, signed per Standard Webhooks (`webhook-id`, "
+            "`webhook-timestamp`, `webhook-signature`). Loopback, private, link-local and metadata "
+            "addresses are refused (422 `webhook_refused`); plain `http` only to `DF_WEBHOOK_ALLOW_HOSTS`."
+        ),
+        json_schema_extra={"format": "uri"},
+    )
+    webhook_events_filter: list[WebhookEvent] = Field(
+        default_factory=lambda: list(DEFAULT_EVENTS),
+        min_length=1,
+        max_length=3,
+        description=(
+            "Which events to send: `start` (the job started running), `item` (an image was stored), "
+            "`completed` (the job ended: succeeded, failed or canceled). Needs `webhook`."
+        ),
+    )
 
     @property
     def output_scale(self) -> int:
@@ -252,6 +282,29 @@ class JobCreateRequest(BaseModel):
                 f"each side may be at most {MAX_SIDE} (lower width/height or the scale)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _events_need_a_webhook(self) -> JobCreateRequest:
+        if "webhook_events_filter" in self.model_fields_set and self.webhook is None:
+            raise ValueError("webhook_events_filter is set but webhook is not (where should events go?)")
+        return self
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        # The full policy (allowed hosts, resolved addresses) is the service's: webhook_refused.
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an absolute https:// URL")
+        return value
+
+    @field_validator("webhook_events_filter")
+    @classmethod
+    def _no_repeats(cls, value: list[WebhookEvent]) -> list[WebhookEvent]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists an event twice")
+        return value
 
     def model_dump_stored(self) -> dict[str, Any]:
         """The parameters a job row stores: `model_dump(mode="json")` with `refine`'s defaults filled in."""
@@ -333,6 +386,10 @@ class JobStatusResponse(ResponseModel):
     cancel_requested_at: datetime | None = Field(
         default=None, description="When a cancel was asked for; the job stops within one step."
     )
+    webhook: str | None = Field(default=None, description="Where the job's events are POSTed, if anywhere.")
+    webhook_events_filter: list[WebhookEvent] | None = Field(
+        default=None, description="The events sent to `webhook` (present with it)."
+    )
 
 
 class Artifact(ResponseModel):
@@ -354,6 +411,47 @@ class Artifact(ResponseModel):
     size_bytes: int | None = None
     sha256: str | None = None
     content_type: str | None = None
+
+
+class WebhookPayload(JobStatusResponse):
+    """The body of a webhook delivery: the job as `GET /v1/jobs/{id}` returns it (when sent), plus the event.
+
+    Verify `webhook-signature` over the raw body with your secret before trusting it; de-duplicate by
+    `webhook-id`, the same on every attempt of one delivery.
+    """
+
+    event: WebhookEvent = Field(description="What happened: `start`, `item` or `completed`.")
+    item_index: int | None = Field(default=None, description="`item` events: the item that was stored.")
+    artifacts: list[Artifact] | None = Field(
+        default=None,
+        description="`completed`: every stored artifact; `item`: that item's. URLs are signed at sending.",
+    )
+
+
+class WebhookDelivery(ResponseModel):
+    """One delivery of a job event to its webhook, and how its attempts went."""
+
+    id: uuid.UUID
+    webhook_id: str = Field(description="The `webhook-id` header: the same on every attempt.")
+    event: WebhookEvent
+    item_index: int | None = None
+    url: str
+    status: Literal["pending", "delivered", "failed"] = Field(
+        description="`pending`: not yet delivered (see `next_attempt_at`); `failed`: out of attempts, or "
+        "the receiver answered a 4xx other than 408/429 (redeliver to try again)."
+    )
+    attempts: int
+    last_status_code: int | None = Field(default=None, description="The HTTP status of the last answer.")
+    last_error: str | None = Field(default=None, description="Why the last attempt did not deliver.")
+    next_attempt_at: datetime | None = Field(default=None, description="When the next attempt is due.")
+    delivered_at: datetime | None = None
+    created_at: datetime
+
+
+class WebhookDeliveryListResponse(ResponseModel):
+    """A job's webhook deliveries, oldest first."""
+
+    deliveries: list[WebhookDelivery]
 
 
 class ArtifactListResponse(ResponseModel):

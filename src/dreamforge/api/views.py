@@ -26,12 +26,16 @@ from dreamforge.api.schemas import (
     ProgressResponse,
     Stage,
     UpscaleRequest,
+    WebhookDelivery,
+    WebhookPayload,
 )
 from dreamforge.db import tables
 from dreamforge.jobs.stages import stage_plan, step_statuses
 from dreamforge.registry.hashing import autov2
 from dreamforge.registry.tiny import TINY_NOTE
 from dreamforge.storage.base import ArtifactStore
+from dreamforge.webhooks.outbox import WebhookEvent, webhook_of
+from dreamforge.webhooks.signing import webhook_id
 
 # The request fields an SDXL checkpoint's jobs tune, advertised as the model's `parameters_schema`.
 SDXL_PARAMETERS = ("width", "height", "steps", "guidance", "scheduler")
@@ -76,6 +80,56 @@ def job_view(job: tables.Job) -> JobStatusResponse:
         attempts=job.attempts,
         error=error,
         cancel_requested_at=job.cancel_requested_at,
+        **_webhook_fields(job),
+    )
+
+
+def _webhook_fields(job: tables.Job) -> dict[str, Any]:
+    hook = webhook_of(job.params)
+    if hook is None:
+        return {}
+    events = [e for e in WebhookEvent if e.value in hook[1]]
+    return {"webhook": hook[0], "webhook_events_filter": events}
+
+
+def delivery_view(row: tables.WebhookDelivery) -> WebhookDelivery:
+    """A webhook delivery as `GET /jobs/{id}/webhooks` lists it."""
+    return WebhookDelivery(
+        id=row.id,
+        webhook_id=webhook_id(row.id),
+        event=WebhookEvent(row.event),
+        item_index=row.item_index,
+        url=row.url,
+        status="delivered"
+        if row.status == "delivered"
+        else "failed"
+        if row.status == "failed"
+        else "pending",
+        attempts=row.attempts,
+        last_status_code=row.last_status_code,
+        last_error=row.last_error,
+        next_attempt_at=row.next_attempt_at if row.status == "pending" else None,
+        delivered_at=row.delivered_at,
+        created_at=row.created_at,
+    )
+
+
+def webhook_payload(
+    job: tables.Job,
+    delivery: tables.WebhookDelivery,
+    artifacts: Sequence[tables.Artifact],
+    store: ArtifactStore,
+    base_url: str,
+) -> WebhookPayload:
+    """The body of a delivery: the job now, the event, and the artifacts it concerns with fresh URLs."""
+    event = WebhookEvent(delivery.event)
+    shown: list[Artifact] | None = None
+    if event is WebhookEvent.completed:
+        shown = [artifact_view(a, store, base_url) for a in artifacts]
+    elif event is WebhookEvent.item:
+        shown = [artifact_view(a, store, base_url) for a in artifacts if a.item_index == delivery.item_index]
+    return WebhookPayload(
+        **job_view(job).model_dump(), event=event, item_index=delivery.item_index, artifacts=shown
     )
 
 

@@ -1,4 +1,4 @@
-"""Celery on Redis, below both sides: the task name and configuration, and the API's publisher.
+"""Celery on Redis, below both sides: the task names and configuration, and the publishers.
 
 API processes only publish (by task name); `worker.celery_app` registers the task that runs jobs.
 Neither imports the other, so an API process never builds a worker or connects its signals.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery
@@ -16,13 +17,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dreamforge.config import Settings
 from dreamforge.db.session import transaction
+from dreamforge.db.tables import utcnow
 from dreamforge.jobs import repository as jobs_repo
 from dreamforge.jobs.dispatch import BrokerUnavailable
+from dreamforge.webhooks import repository as webhooks_repo
 
 log = logging.getLogger(__name__)
 
-# The one task of the queue: run the job whose id is its only argument.
+# The task of the GPU queues: run the job whose id is its only argument.
 TASK_NAME = "dreamforge.run_job"
+# The task of the webhook queue: make the due attempt of the delivery whose id is its only argument.
+WEBHOOK_TASK_NAME = "dreamforge.deliver_webhook"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -111,3 +116,33 @@ class CeleryDispatcher:
         except SQLAlchemyError as exc:
             # Unmarked, the reconciler sends it again later: a duplicate message is a no-op.
             log.warning("job %s sent but not marked dispatched: %s", job_id, exc)
+
+
+class CeleryWebhookQueue:
+    """A `DeliveryQueue` that sends deliveries to the webhook workers' queue (`DF_WEBHOOK_QUEUE`)."""
+
+    def __init__(self, celery: Celery, sessions: sessionmaker[Session], queue: str) -> None:
+        self.celery = celery
+        self.sessions = sessions
+        self.queue = queue
+
+    def send(self, delivery_id: uuid.UUID, delay: float = 0.0) -> None:
+        """Publish the delivery's message (delayed by `delay` s), then note that a message carries it.
+
+        A failed publish is only logged: the delivery stays due in the database and the sweeper sends it.
+        """
+        from kombu.exceptions import OperationalError
+        from redis.exceptions import RedisError
+
+        try:
+            self.celery.send_task(
+                WEBHOOK_TASK_NAME, args=[str(delivery_id)], queue=self.queue, countdown=delay or None
+            )
+        except (OperationalError, RedisError, OSError) as exc:
+            log.warning("webhook delivery %s not queued (%s); the sweeper will send it", delivery_id, exc)
+            return
+        try:
+            with transaction(self.sessions) as s:
+                webhooks_repo.mark_dispatched(s, delivery_id, utcnow() + timedelta(seconds=delay))
+        except SQLAlchemyError as exc:
+            log.warning("webhook delivery %s queued but not marked (%s)", delivery_id, exc)

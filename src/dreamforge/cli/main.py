@@ -93,6 +93,8 @@ def worker(
 ) -> None:
     """Run one Celery GPU worker (distributed topology): one process, one job at a time, per GPU.
 
+    `--queue webhooks` (DF_WEBHOOK_QUEUE) runs a webhook deliverer instead: DF_WEBHOOK_CONCURRENCY threads.
+
     SIGTERM stops it gracefully: the job in progress is re-queued at its next step.
     """
     settings = Settings()
@@ -105,14 +107,18 @@ def worker(
     configure_logging(verbose, level=logging.INFO, log_format=settings.log_format)
     from dreamforge.worker.celery_app import run_worker
 
+    if settings.queue == settings.webhook_queue:
+        # Deliveries wait on the network, not a GPU: threads, so one slow receiver holds one slot only.
+        pool = ["--pool=threads", f"--concurrency={settings.webhook_concurrency}"]
+    else:
+        # solo: the model stays loaded in this one process, and SIGTERM reaches the running job.
+        pool = ["--pool=solo", "--concurrency=1"]
     # The exit status tells the supervisor why: 70 after a GPU fault, 75 after DF_WORKER_MAX_JOBS.
     code = run_worker(
         settings,
         [
             "worker",
-            # solo: the model stays loaded in this one process, and SIGTERM reaches the running job.
-            "--pool=solo",
-            "--concurrency=1",
+            *pool,
             f"--queues={settings.queue}",
             f"--loglevel={'DEBUG' if verbose else 'INFO'}",
             "--without-gossip",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
-# session.info key of the job ids whose news waits for the transaction to commit.
-_ANNOUNCE = "dreamforge.announce"
+# session.info key of the values that wait for the transaction to commit, by channel.
+_PENDING = "dreamforge.after_commit"
+# The channel of job ids whose streams wake once their events are committed.
+ANNOUNCE = "announce"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -54,27 +56,41 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+def after_commit(session: Session, channel: str, value: Hashable) -> None:
+    """Hand `value` to `channel`'s callback once this session's transaction commits; a rollback drops it."""
+    session.info.setdefault(_PENDING, {}).setdefault(channel, set()).add(value)
+
+
+def on_commits(factory: sessionmaker[Session], channel: str, callback: Callable[[Any], None]) -> None:
+    """Call `callback(value)` for every value `after_commit` left on `channel` in a transaction of
+    `factory`, once it commits: readers only hear of rows they can already see, never of rolled-back work.
+
+    The callbacks of one commit run in the committing thread, so they must be quick (wake a thread,
+    publish a message); one that raises is logged, since the rows are committed whatever it does.
+    """
+
+    def run(session: Session) -> None:
+        for value in session.info.get(_PENDING, {}).pop(channel, ()):
+            try:
+                callback(value)
+            except Exception as exc:
+                log.warning("%s: %s not passed on after commit (%s)", channel, value, exc)
+
+    def drop(session: Session) -> None:
+        session.info.get(_PENDING, {}).pop(channel, None)
+
+    event.listen(factory, "after_commit", run)
+    event.listen(factory, "after_rollback", drop)
+
+
 def announce(session: Session, job_id: uuid.UUID) -> None:
     """Have `job_id` announced once this session's transaction commits; a rollback drops it."""
-    session.info.setdefault(_ANNOUNCE, set()).add(job_id)
+    after_commit(session, ANNOUNCE, job_id)
 
 
 def announce_commits(factory: sessionmaker[Session], publish: Callable[[uuid.UUID], None]) -> None:
     """Call `publish(job_id)` for every job announced in a transaction of `factory`, after it commits.
 
-    Readers wake only for rows they can already see, and news of work rolled back is never sent.
+    Streams re-read the database when woken, so a lost announcement only delays them one poll.
     """
-
-    def after_commit(session: Session) -> None:
-        for job_id in session.info.pop(_ANNOUNCE, ()):
-            try:
-                publish(job_id)
-            except Exception as exc:
-                # The rows are committed; streams find them on their next poll.
-                log.warning("job %s: news not announced (%s)", job_id, exc)
-
-    def after_rollback(session: Session) -> None:
-        session.info.pop(_ANNOUNCE, None)
-
-    event.listen(factory, "after_commit", after_commit)
-    event.listen(factory, "after_rollback", after_rollback)
+    on_commits(factory, ANNOUNCE, publish)

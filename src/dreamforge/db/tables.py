@@ -1,4 +1,4 @@
-"""The relational schema: jobs, their items, artifacts, events and models."""
+"""The relational schema: jobs, their items, artifacts, events, webhook deliveries and models."""
 
 from __future__ import annotations
 
@@ -197,3 +197,39 @@ class JobEvent(Base):
     item_index: Mapped[int | None] = mapped_column(Integer)
     data: Mapped[dict[str, Any]] = mapped_column()
     ts: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One notification of a job's event to its webhook: written with the event, sent after commit.
+
+    The row is the outbox: it outlives crashes and restarts until it is `delivered` or `failed`.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    # One delivery per job and event (`start`, `completed`, `item:<index>`), however often a step re-runs.
+    __table_args__ = (
+        UniqueConstraint("job_id", "key", name="uq_webhook_deliveries_job_key"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(40))
+    event: Mapped[str] = mapped_column(String(20))
+    item_index: Mapped[int | None] = mapped_column(Integer)
+    url: Mapped[str] = mapped_column(Text)
+    # `pending` (to send, or being sent), `delivered`, `failed` (out of attempts, or refused for good).
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Attempts made before the current round: a redelivery starts the retry schedule again.
+    round_start: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
+    # Set while an attempt is in flight; an attempt whose process died is retried once it lapses.
+    sending_until: Mapped[datetime | None] = mapped_column()
+    # Distributed: a broker message carries the delivery, due at this time; NULL: none does.
+    dispatched_at: Mapped[datetime | None] = mapped_column()
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -20,6 +20,7 @@ from dreamforge.events.kinds import EventKind
 from dreamforge.events.repository import add_event
 from dreamforge.jobs import repository as jobs_repo
 from dreamforge.jobs.state import TERMINAL, JobStatus, check_transition
+from dreamforge.webhooks.outbox import WebhookEvent, stage_delivery
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def finish_job(
     error_code: ErrorCode | None = None,
     error_message: str | None = None,
 ) -> None:
-    """Stage a terminal transition with its error, log and `done` events."""
+    """Stage a terminal transition with its error, log and `done` events, and its `completed` webhook."""
     check_transition(job.status, status)
     now = utcnow()
     job.status = status.value
@@ -65,6 +66,7 @@ def finish_job(
         log_event(session, job.id, "info", f"job succeeded: {job.completed}/{job.count} item(s)")
     add_event(session, job.id, EventKind.status, {"status": status.value})
     add_event(session, job.id, EventKind.done, {"status": status.value, "error": error})
+    stage_delivery(session, job, WebhookEvent.completed)
 
 
 class JobFinished(DreamForgeError):

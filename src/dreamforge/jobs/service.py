@@ -35,6 +35,7 @@ from dreamforge.jobs.limits import (
 )
 from dreamforge.jobs.state import JobStatus
 from dreamforge.registry.selection import resolve_model, resolve_upscaler
+from dreamforge.webhooks.address import WebhookPolicy, check_webhook_url
 
 
 class UpscaleShape(Protocol):
@@ -58,6 +59,9 @@ class JobRequest(JobShape, Protocol):
 
     @property
     def model_id(self) -> uuid.UUID | None: ...
+
+    @property
+    def webhook(self) -> str | None: ...
 
     def model_dump(self, *, mode: str = ...) -> dict[str, Any]:
         """Every parameter with defaults filled in; `mode="json"` for the idempotency fingerprint."""
@@ -126,10 +130,12 @@ def create_job(
     limits: JobLimits = NO_LIMITS,
     owner: uuid.UUID | None = None,
     quota: KeyQuota | None = None,
+    webhook_policy: WebhookPolicy | None = None,
 ) -> tuple[Job, bool]:
     """Stage a new job (or find its idempotent twin); returns the job and whether it is new.
 
-    `owner` is the API key the job belongs to; its idempotency keys are its own.
+    `owner` is the API key the job belongs to; its idempotency keys are its own. `webhook_policy`
+    refuses a webhook URL that may not be called (`WebhookRefused`, 422).
 
     `limits` apply to a new job only: a replay is answered with its job whatever the limits or the
     queue are now. The queue is checked last, so a request that could never be accepted gets its
@@ -143,6 +149,8 @@ def create_job(
     if request.provider not in providers:
         raise UnknownProvider(request.provider, providers)
     check_request(request, limits)
+    if request.webhook is not None and webhook_policy is not None:
+        check_webhook_url(request.webhook, webhook_policy)
     model: Model = resolve_model(session, request.model_id, default_model)
     params = request.model_dump_stored()
     upscaler: Model | None = None
@@ -195,6 +203,7 @@ def submit_job(
     limits: JobLimits = NO_LIMITS,
     owner: uuid.UUID | None = None,
     quota: KeyQuota | None = None,
+    webhook_policy: WebhookPolicy | None = None,
 ) -> tuple[Job, bool]:
     """Create and commit a job, then dispatch it; returns the job and whether it is new.
 
@@ -212,6 +221,7 @@ def submit_job(
             limits=limits,
             owner=owner,
             quota=quota,
+            webhook_policy=webhook_policy,
         )
         session.commit()
     except IntegrityError:

@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dreamforge.db.tables import Job
+from dreamforge.db.tables import Job, WebhookDelivery
 from dreamforge.jobs.state import JobStatus
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,17 @@ RETENTION_OBJECTS = Counter(
     "dreamforge_retention_objects_deleted_total",
     "Artifact objects this process deleted from the store along with their expired jobs.",
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "dreamforge_webhook_attempts_total",
+    "Webhook delivery attempts this process made, by event and outcome (`delivered`, `retry`, `failed`).",
+    ["event", "outcome"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "dreamforge_webhook_attempt_duration_seconds",
+    "Seconds one webhook attempt took, from connecting to the answer (or the error), by event.",
+    ["event"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30),
+)
 
 # Series that exist from the start, so rate() and increase() see their first event.
 for _stage in STAGES:
@@ -105,6 +116,16 @@ def job_finished(status: str, code: str | None, seconds: float) -> None:
     """Count a job's terminal outcome and the time this attempt took."""
     JOBS.labels(status, code or NO_CODE).inc()
     JOB_SECONDS.labels(status).observe(seconds)
+
+
+@contextmanager
+def webhook_timer(event: str) -> Iterator[None]:
+    """Time one webhook attempt (whatever its outcome)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        WEBHOOK_SECONDS.labels(event).observe(time.perf_counter() - started)
 
 
 @contextmanager
@@ -157,7 +178,8 @@ REGISTRY.register(GpuMemoryCollector())
 
 
 class QueueDepthCollector:
-    """Jobs queued and running across the service, read from the database when scraped."""
+    """Jobs queued and running, and webhook deliveries pending, across the service, read from the
+    database when scraped."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
@@ -187,6 +209,25 @@ class QueueDepthCollector:
         for status in ACTIVE_STATUSES:
             depth.add_metric([status], float(counts.get(status, 0)))
         yield depth
+        try:
+            with self.sessions() as s:
+                pending = int(
+                    s.scalar(
+                        select(func.count())
+                        .select_from(WebhookDelivery)
+                        .where(WebhookDelivery.status == "pending")
+                    )
+                    or 0
+                )
+        except Exception as exc:
+            log.warning("webhook backlog not read: %s", exc)
+            return
+        yield GaugeMetricFamily(
+            "dreamforge_webhook_deliveries_pending",
+            "Webhook deliveries not yet delivered or failed, service-wide (from the database; aggregate "
+            "with max).",
+            value=float(pending),
+        )
 
 
 class _Scrape:

@@ -1,4 +1,5 @@
-"""The Celery worker of the distributed topology: GPU workers consume the `gpu.default` queue.
+"""The Celery worker of the distributed topology: GPU workers consume the `gpu.default` queue, webhook
+workers the `webhooks` queue (`dreamforge worker --queue webhooks`: a thread pool, no GPU).
 
 Delivery is at least once (late acks, redelivery of a lost worker's message); execution is
 effectively once because `run_job` claims the job atomically in the database and does nothing
@@ -20,13 +21,14 @@ from typing import Any
 from celery import Celery, signals
 from celery.worker import state as celery_worker_state
 
-from dreamforge.broker.celery import TASK_NAME, make_celery
+from dreamforge.broker.celery import TASK_NAME, WEBHOOK_TASK_NAME, make_celery
 from dreamforge.config import Settings
 from dreamforge.engines.base import DeviceFault
 from dreamforge.jobs.state import JobStatus
 from dreamforge.observability.logs import configure_logging
 from dreamforge.observability.metrics import serve_metrics
 from dreamforge.runtime import Runtime, build_worker_runtime
+from dreamforge.webhooks.deliverer import attempt_queued
 from dreamforge.worker.runner import DEVICE_FAULT_EXIT_CODE, run_job
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,13 @@ class _WorkerState:
             celery_worker_state.should_stop = RECYCLE_EXIT_CODE
         return status.value if status else None
 
+    def deliver(self, delivery_id: str) -> str | None:
+        """Make one webhook delivery's due attempt (webhook queue)."""
+        runtime = self.get()
+        assert runtime.deliveries is not None and runtime.webhook_queue is not None
+        outcome = attempt_queued(runtime.deliveries, runtime.webhook_queue, uuid.UUID(delivery_id))
+        return outcome.status if outcome else None
+
     @staticmethod
     def _resend(runtime: Runtime, job_id: str) -> None:
         try:
@@ -116,9 +125,16 @@ def create_worker_app(settings: Settings) -> Celery:
     def run_job_task(_task: Any, job_id: str) -> str | None:
         return state.run(job_id)
 
+    def deliver_webhook_task(_task: Any, delivery_id: str) -> str | None:
+        return state.deliver(delivery_id)
+
     # Not shared: a shared task would also be registered on every other app of the process.
     celery.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, shared=False)(
         run_job_task
+    )
+    # Late acks here too: a worker that dies mid-attempt leaves the message (and the lapsing claim).
+    celery.task(name=WEBHOOK_TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, shared=False)(
+        deliver_webhook_task
     )
     # Strong references: Celery keeps signal receivers weakly by default.
     signals.worker_init.connect(state.on_init, weak=False)

@@ -49,6 +49,7 @@ from dreamforge.recipe.embed import encode_image
 from dreamforge.registry import repository as models_repo
 from dreamforge.registry.hashing import autov2
 from dreamforge.storage.base import CONTENT_TYPES, artifact_key
+from dreamforge.webhooks.outbox import WebhookEvent, stage_delivery
 from dreamforge.worker.context import WorkerContext
 from dreamforge.worker.stages import ItemStage, RefineStage, UpscaleStage, upscale_record
 
@@ -475,6 +476,7 @@ class _JobRun:
             job.completed = jobs_repo.count_final_artifacts(s, self.job_id)
             job.updated_at = utcnow()
             self._progress_event(s, item.index, STORE, 1, 1)
+            stage_delivery(s, job, WebhookEvent.item, item.index)
         metrics.IMAGES.inc()
 
 
@@ -532,6 +534,8 @@ def _run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
         log_event(
             s, job_id, "info", f"started on {ctx.worker_id} (attempt {attempts} of {settings.max_attempts})"
         )
+        # Sent once per job (a re-run after a crash does not start it again for the receiver).
+        stage_delivery(s, job, WebhookEvent.start)
     started = time.monotonic()
 
     status = JobStatus.succeeded

@@ -1,4 +1,4 @@
-"""`/v1/jobs`: create, read, artifacts, logs, progress and the SSE stream."""
+"""`/v1/jobs`: create, read, cancel, artifacts, logs, progress, the SSE stream and webhook deliveries."""
 
 from __future__ import annotations
 
@@ -29,9 +29,18 @@ from dreamforge.api.schemas import (
     JobCreateRequest,
     JobStatusResponse,
     ProgressResponse,
+    WebhookDelivery,
+    WebhookDeliveryListResponse,
 )
 from dreamforge.api.sse import FeedsDep, stream_job_events
-from dreamforge.api.views import artifact_view, created_view, job_view, log_view, progress_view
+from dreamforge.api.views import (
+    artifact_view,
+    created_view,
+    delivery_view,
+    job_view,
+    log_view,
+    progress_view,
+)
 from dreamforge.db.tables import Job
 from dreamforge.error_codes import ErrorCode
 from dreamforge.events.repository import log_events
@@ -39,6 +48,8 @@ from dreamforge.jobs import repository as jobs_repo
 from dreamforge.jobs.limits import JobLimits, KeyQuota
 from dreamforge.jobs.service import cancel_job, submit_job
 from dreamforge.runtime import Runtime
+from dreamforge.webhooks import repository as webhooks_repo
+from dreamforge.webhooks.delivery import redeliver
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=UNAUTHORIZED)
 
@@ -104,8 +115,9 @@ def _quota(principal: Principal, runtime: Runtime) -> KeyQuota | None:
             **ERROR_BODY,
             "description": (
                 "Not acceptable as sent: `validation_error`, `unknown_provider`, `model_unavailable`, "
-                "`no_model_installed`, or `limit_exceeded` (more than DF_MAX_STEPS or "
-                "DF_MAX_MEGAPIXELS_PER_JOB allow)"
+                "`no_model_installed`, `limit_exceeded` (more than DF_MAX_STEPS or "
+                "DF_MAX_MEGAPIXELS_PER_JOB allow), or `webhook_refused` (a webhook URL that may not be "
+                "called)"
             ),
         },
         429: {
@@ -158,6 +170,7 @@ def create(
         ),
         owner=principal.key_id,
         quota=_quota(principal, runtime),
+        webhook_policy=runtime.webhook_policy,
     )
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
@@ -336,3 +349,38 @@ async def stream(
                 {"field": "Last-Event-ID", "value": last_event_id},
             ) from None
     return await stream_job_events(runtime, feeds, id, after, base_url, principal)
+
+
+@router.get(
+    "/{id}/webhooks",
+    response_model=WebhookDeliveryListResponse,
+    operation_id="listWebhookDeliveries",
+    summary="List a job's webhook deliveries",
+    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
+)
+def webhooks(id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> WebhookDeliveryListResponse:
+    """Each event sent (or to be sent) to the job's webhook: attempts, last answer, next attempt."""
+    _load_job(session, id, principal)
+    rows = webhooks_repo.job_deliveries(session, id)
+    return WebhookDeliveryListResponse(deliveries=[delivery_view(r) for r in rows])
+
+
+@router.post(
+    "/{id}/webhooks/{delivery_id}/redeliver",
+    status_code=202,
+    response_model=WebhookDelivery,
+    operation_id="redeliverWebhook",
+    summary="Send a webhook delivery again",
+    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
+)
+def redeliver_webhook(
+    id: uuid.UUID, delivery_id: uuid.UUID, session: SessionDep, principal: PrincipalDep
+) -> WebhookDelivery:
+    """Attempt a delivery again now, with a fresh retry schedule and the same `webhook-id`."""
+    _load_job(session, id, principal)
+    row = webhooks_repo.get_delivery(session, delivery_id)
+    if row is None or row.job_id != id:
+        raise not_found("webhook delivery", delivery_id)
+    redeliver(session, row)
+    session.commit()
+    return delivery_view(row)

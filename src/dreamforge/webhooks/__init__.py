@@ -1,0 +1,1 @@
+"""Webhooks: signed, durable, retried notifications of job events."""
