@@ -205,6 +205,15 @@ class Stack:
         self.workers.append(worker)
         return worker
 
+    def add_webhook_worker(self) -> WorkerProcess:
+        """Start a `dreamforge worker --queue <DF_WEBHOOK_QUEUE>`: the distributed webhook deliverer."""
+        worker = WorkerProcess(
+            data_dir=self.api.data_dir, env=self.env, args=["--queue", self.env["DF_WEBHOOK_QUEUE"]]
+        )
+        worker.start()
+        self.workers.append(worker)
+        return worker
+
     def add_api(self) -> ServerProcess:
         """Start another API process on the same services (another replica)."""
         return ServerProcess(data_dir=self.api.data_dir, env=self.env).start()
@@ -255,6 +264,7 @@ def distributed_stack(
             "DF_DB_URL": served_db_url,
             "DF_REDIS_URL": broker,
             "DF_QUEUE": f"gpu.default.test-{tag}",
+            "DF_WEBHOOK_QUEUE": f"webhooks.test-{tag}",
             "DF_SIGNING_SECRET": "e2e-secret",
             "DF_SSE_PING_SECONDS": "1",
             # Short leases and sweeps, so a killed worker's job is recovered within seconds.

@@ -42,9 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A webhook message the broker has held this long past its due time is taken to be lost, and re-sent.
-WEBHOOK_MESSAGE_STALE_SECONDS = 120.0
-
 
 class Service(Protocol):
     """A background part started and stopped with the process."""
@@ -273,7 +270,7 @@ def _deliveries(settings: Settings, sessions: sessionmaker[Session], store: Arti
         return key_secret(signing_key, key_id) if key_id else service_secret(signing_key, configured)
 
     # Longer than an attempt can take (connect, answer, capped body), so a live attempt keeps its claim.
-    lease = settings.webhook_connect_timeout_seconds + 2 * settings.webhook_read_timeout_seconds + 30
+    lease = settings.webhook_connect_timeout_seconds + 2 * settings.webhook_read_timeout_seconds + 5
     return Deliveries(sessions, sender, payload, secret, settings.webhook_retry_schedule, lease)
 
 
@@ -290,7 +287,8 @@ def _distributed(
         parts.sessions,
         webhook_queue,
         interval_seconds=settings.recovery_interval_seconds,
-        stale_seconds=WEBHOOK_MESSAGE_STALE_SECONDS,
+        # A message not taken by the time an attempt could have ended is re-sent (duplicates are no-ops).
+        stale_seconds=parts.deliveries.lease_seconds + settings.recovery_interval_seconds,
     )
     reconciler = Reconciler(
         parts.sessions,

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from dreamforge.cli import apikeys, gc, jobs, models
+from dreamforge.cli import apikeys, gc, jobs, models, webhooks
 from dreamforge.cli.output import configure_logging, err
 from dreamforge.config import Settings
 
@@ -41,6 +41,7 @@ app.add_typer(jobs.app, name="job")
 app.add_typer(models.app, name="model")
 app.add_typer(apikeys.app, name="apikey")
 app.command("gc")(gc.gc)
+app.command("webhook-secret")(webhooks.webhook_secret)
 
 
 @app.command()
@@ -71,10 +72,12 @@ def serve(
         )
         raise typer.Exit(2)
     configure_logging(verbose, level=logging.INFO, log_format=settings.log_format)
+    # The flags win over DF_HOST/DF_PORT everywhere, also in URLs made outside a request (webhook bodies).
+    settings = settings.model_copy(update={"host": bind, "port": port or settings.port})
     uvicorn.run(
         create_app(settings),
         host=bind,
-        port=port or settings.port,
+        port=settings.port,
         log_level="debug" if verbose else "info",
         timeout_graceful_shutdown=5,
         # Above our own header bound, so oversized headers get the app's 431 ErrorResponse, not h11's 400.
@@ -101,25 +104,29 @@ def worker(
     if not settings.distributed:
         err.print("[red]error:[/red] DF_REDIS_URL is not set; the embedded topology runs jobs inside 'serve'")
         raise typer.Exit(2)
-    if queue:
+    webhooks = queue is not None and queue == settings.webhook_queue
+    if queue and not webhooks:
         # The worker re-queues interrupted jobs and sweeps with these settings: one queue throughout.
         settings = settings.model_copy(update={"queue": queue})
     configure_logging(verbose, level=logging.INFO, log_format=settings.log_format)
     from dreamforge.worker.celery_app import run_worker
 
-    if settings.queue == settings.webhook_queue:
+    if webhooks:
         # Deliveries wait on the network, not a GPU: threads, so one slow receiver holds one slot only.
+        # DF_QUEUE stays the GPU queue: its sweeps re-send jobs there, never to the webhook queue.
         pool = ["--pool=threads", f"--concurrency={settings.webhook_concurrency}"]
+        consumed = settings.webhook_queue
     else:
         # solo: the model stays loaded in this one process, and SIGTERM reaches the running job.
         pool = ["--pool=solo", "--concurrency=1"]
+        consumed = settings.queue
     # The exit status tells the supervisor why: 70 after a GPU fault, 75 after DF_WORKER_MAX_JOBS.
     code = run_worker(
         settings,
         [
             "worker",
             *pool,
-            f"--queues={settings.queue}",
+            f"--queues={consumed}",
             f"--loglevel={'DEBUG' if verbose else 'INFO'}",
             "--without-gossip",
             "--without-mingle",

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # A retry due within this many seconds rides on a delayed broker message; later ones wait for a sweep
 # (a broker holds delayed messages unacknowledged, so they must stay short).
 SHORT_RETRY_SECONDS = 60.0
+# The scheduler's shortest sleep, so a delivery that is due but not yet claimed cannot make it spin.
+MIN_WAIT_SECONDS = 0.05
 
 
 class DeliveryQueue(Protocol):
@@ -85,7 +87,7 @@ class ThreadDeliverer:
                 wait = min(wait, self._schedule())
             except SQLAlchemyError as exc:
                 log.warning("webhooks: database unreachable (%s); retrying in %.0fs", exc, wait)
-            self._wake.wait(max(wait, 0.01))
+            self._wake.wait(wait)
             self._wake.clear()
 
     def _schedule(self) -> float:
@@ -102,9 +104,10 @@ class ThreadDeliverer:
                 self._in_flight.add(delivery_id)
             future = self._pool.submit(self.deliveries.attempt, delivery_id)
             future.add_done_callback(self._finished(delivery_id))
-        if due or soonest is None:
-            return self.poll_seconds if not due else 0.0
-        return (soonest - utcnow()).total_seconds()
+        if soonest is None:
+            return self.poll_seconds
+        # Not below a floor: deliveries just handed to the pool are claimed a moment later.
+        return max((soonest - utcnow()).total_seconds(), MIN_WAIT_SECONDS)
 
     def _finished(self, delivery_id: uuid.UUID) -> Callable[[Future[Outcome | None]], None]:
         def done(future: Future[Outcome | None]) -> None:

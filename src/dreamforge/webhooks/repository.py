@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from dreamforge.db.tables import WebhookDelivery
@@ -54,9 +54,10 @@ def due_deliveries(
 
 
 def next_due_at(session: Session) -> datetime | None:
-    """When the soonest pending delivery is due (None when nothing is pending)."""
-    stmt = select(func.min(WebhookDelivery.next_attempt_at)).where(WebhookDelivery.status == PENDING)
-    return session.scalar(stmt)
+    """When the soonest pending delivery can be attempted: its due time, or its in-flight claim's end."""
+    leased = WebhookDelivery.sending_until > WebhookDelivery.next_attempt_at
+    when = case((leased, WebhookDelivery.sending_until), else_=WebhookDelivery.next_attempt_at)
+    return session.scalar(select(func.min(when)).where(WebhookDelivery.status == PENDING))
 
 
 def claim_attempt(session: Session, delivery_id: uuid.UUID, now: datetime, lease_seconds: float) -> bool:
