@@ -7,8 +7,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dreamforge.webhooks.signing import valid_secret
 
 
 class Settings(BaseSettings):
@@ -149,6 +151,13 @@ class Settings(BaseSettings):
     # The API's address as clients reach it: the base of local artifact URLs in webhook bodies (requests
     # use their own Host). Unset: http://DF_HOST:DF_PORT.
     public_url: str = ""
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not valid_secret(value.get_secret_value()):
+            raise ValueError("must be `whsec_` followed by base64 of at least 24 random bytes")
+        return value
 
     @property
     def database_url(self) -> str:

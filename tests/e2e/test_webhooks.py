@@ -21,7 +21,7 @@ from webhook_receiver import HANG, SilentSocket, WebhookReceiver
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 JOB: dict[str, Any] = {"type": "generate", "prompt": "a paper crane", "width": 64, "height": 64, "steps": 2}
 # Short timeouts and a short retry schedule, so a test sees several attempts in seconds.
-HOOK_ENV = {
+HOOK_ENV: dict[str, Any] = {
     "DF_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
     "DF_WEBHOOK_RETRY_SCHEDULE": "[0.5, 1.5, 3]",
     "DF_WEBHOOK_CONNECT_TIMEOUT_SECONDS": "1",
@@ -84,7 +84,7 @@ def _settled(client: httpx.Client, job_id: str, count: int, timeout: float = 60)
 
 
 def test_completed_is_delivered_once_signed_with_the_job_and_fresh_artifact_urls(
-    client: httpx.Client, receiver: WebhookReceiver
+    hooked: Stack, client: httpx.Client, receiver: WebhookReceiver
 ) -> None:
     path = receiver.path()
     job_id = _create(client, count=2, webhook=receiver.url(path))
@@ -100,6 +100,10 @@ def test_completed_is_delivered_once_signed_with_the_job_and_fresh_artifact_urls
     assert body["summary"] == {"count": 2, "completed": 2}
     assert sorted(a["item_index"] for a in body["artifacts"]) == [0, 1]
     assert_artifacts_downloadable(body["artifacts"])
+    metrics = httpx.get(f"{hooked.api.root}/metrics").text
+    assert "dreamforge_webhook_deliveries_pending" in metrics
+    if hooked.topology == "embedded":  # there the API process makes the attempts itself
+        assert 'dreamforge_webhook_attempts_total{event="completed",outcome="delivered"}' in metrics
     logs = client.get(f"/jobs/{job_id}/logs").text
     assert "webhook 'completed' to http://127.0.0.1" in logs and "delivered (HTTP 200, attempt 1)" in logs
 
@@ -167,7 +171,7 @@ def test_a_400_stops_at_once_and_a_redelivery_sends_it_again_with_the_same_id(
 
 def _render_seconds(client: httpx.Client, **fields: Any) -> float:
     started = time.monotonic()
-    job_id = _create(client, **{"steps": 12, **fields})
+    job_id = _create(client, **{"steps": 16, "width": 128, "height": 128, **fields})
     wait_for_status(client, job_id, {"succeeded"})
     return time.monotonic() - started
 
@@ -183,16 +187,17 @@ def test_a_sleeping_or_silent_receiver_does_not_slow_the_next_render(
         every = ["start", "item", "completed"]
         # Deliveries of these jobs hang for the whole read timeout, attempt after attempt.
         _create(client, count=2, webhook=receiver.url(sleeping), webhook_events_filter=every)
-        hooked = _render_seconds(client, webhook=silent.url, webhook_events_filter=every)
+        with_hook = _render_seconds(client, webhook=silent.url, webhook_events_filter=every)
         after = _render_seconds(client)
     finally:
         silent.close()
-    ratio = max(hooked, after) / baseline
+    ratio = max(with_hook, after) / baseline
     print(
-        f"\nrender with a hanging webhook: {hooked:.2f}s, next render {after:.2f}s, baseline {baseline:.2f}s "
-        f"(ratio {ratio:.2f})"
+        f"\nrender with a hanging webhook: {with_hook:.2f}s, next render {after:.2f}s, "
+        f"baseline {baseline:.2f}s (ratio {ratio:.2f})"
     )
-    assert ratio < 1.6 or max(hooked, after) - baseline < 1.0, (hooked, after, baseline)
+    # A ratio, with a little absolute slack for polling granularity on a busy CI box.
+    assert ratio < 1.5 or max(with_hook, after) - baseline < 0.3, (with_hook, after, baseline)
 
 
 def test_cancel_is_delivered_as_completed_with_status_canceled(

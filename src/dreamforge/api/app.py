@@ -63,4 +63,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(metrics.router)
     # Documentation only: the callback receivers implement (OpenAPI 3.1 `webhooks`).
     app.webhooks.include_router(webhooks.router)
+    webhooks.with_webhook_payload(app)
     return app

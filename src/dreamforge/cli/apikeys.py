@@ -74,9 +74,13 @@ def create(
     ] = None,
     output: OutputOpt = OutputFormat.json,
 ) -> None:
-    """Issue a key. It is printed once, here: only a keyed hash of it is stored."""
+    """Issue a key, and print it and its webhook secret once, here: only a keyed hash of it is stored.
+
+    The webhook secret (`whsec_...`) signs the webhooks of this key's jobs; receivers verify them with it.
+    """
     from dreamforge.accounts.service import KeyNameTaken, issue_key
     from dreamforge.db.session import transaction
+    from dreamforge.webhooks.signing import key_secret
 
     if not name.strip() or len(name) > 100:
         raise fail("--name must be 1 to 100 characters", code=2)
@@ -91,12 +95,18 @@ def create(
                     max_active_jobs=max_active_jobs,
                     max_images_per_day=max_images_per_day,
                 )
-                record = {**_record(row), "key": key}
+                secret = key_secret(settings.url_signing_key, row.id)
+                record = {**_record(row), "key": key, "webhook_secret": secret}
         except KeyNameTaken as exc:
             raise fail(exc.message) from None
-    err.print("store the key now: it is not shown again (send it as `Authorization: Bearer <key>`)")
+    err.print(
+        "store the key and its webhook secret now: they are not shown again (send the key as "
+        "`Authorization: Bearer <key>`; verify its jobs' webhooks with the secret)",
+        markup=False,
+    )
     if output is OutputFormat.table:
         typer.echo(key)
+        typer.echo(f"webhook secret: {secret}")
         return
     emit_json(record)
 

@@ -30,6 +30,8 @@ from dreamforge.api.schemas import (
     ProgressResponse,
     Scheduler,
     UpscaleMethod,
+    WebhookDelivery,
+    WebhookEvent,
 )
 from dreamforge.cli.output import (
     OutputFormat,
@@ -250,6 +252,29 @@ def _log_table(lines: list[LogEvent], *, header: bool = True) -> Table:
     return table
 
 
+def _deliveries_table(deliveries: list[WebhookDelivery]) -> Table:
+    # The full id (what `job redeliver` takes) leaves little of 80 columns: the last answer and the
+    # next attempt share the last one (UTC); JSON has every field.
+    table = Table(box=None, pad_edge=False)
+    table.add_column("ID", no_wrap=True)
+    table.add_column("EVENT", no_wrap=True)
+    table.add_column("STATUS", no_wrap=True)
+    table.add_column("TRIES", justify="right", no_wrap=True)
+    table.add_column("ANSWER / NEXT", overflow="fold")
+    for d in deliveries:
+        notes = [d.last_error or ""]
+        if d.status == "pending" and d.next_attempt_at is not None:
+            notes.append(f"next {d.next_attempt_at.astimezone(UTC):%m-%d %H:%M:%S}")
+        table.add_row(
+            str(d.id),
+            d.event.value if d.item_index is None else f"{d.event.value}:{d.item_index}",
+            d.status,
+            str(d.attempts),
+            escape("\n".join(n for n in notes if n)),
+        )
+    return table
+
+
 @app.command("create")
 def create(
     prompt: Annotated[str, typer.Option(help="What to render.", show_default=False)],
@@ -296,6 +321,21 @@ def create(
     keep_base: Annotated[
         bool, typer.Option("--keep-base", help="Also keep each image before upscaling.")
     ] = False,
+    webhook: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="POST the job's events here, signed per Standard Webhooks (https; see README, Webhooks).",
+        ),
+    ] = None,
+    webhook_event: Annotated[
+        list[WebhookEvent] | None,
+        typer.Option(
+            metavar="<start|item|completed>",
+            help="An event to send to --webhook; repeat for several (server default: completed).",
+            show_default=False,
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Follow the job to its end; exit 4 if it fails or is canceled.")
     ] = False,
@@ -309,7 +349,8 @@ def create(
 
     Prints `{"job": {"id", "status", ...}}`. Unset options are left to the server's defaults. With
     --wait, follows the job with a progress bar on stderr and prints its final status and artifacts.
-    With --upscale, downloads name the base images `<item>-base.<fmt>`.
+    With --upscale, downloads name the base images `<item>-base.<fmt>`. With --webhook, the service
+    POSTs the job's events there (`dreamforge job webhooks JOB_ID` lists the deliveries).
     """
     options: dict[str, Any] = {
         "negative_prompt": negative_prompt,
@@ -338,6 +379,13 @@ def create(
         raise fail(
             "--upscale-method, --denoise, --hires-steps, --upscaler and --keep-base need --upscale", code=2
         )
+    if webhook is not None:
+        body["webhook"] = webhook
+        if webhook_event:
+            # Each event once, in the order given: the API refuses a list that repeats one.
+            body["webhook_events_filter"] = [e.value for e in dict.fromkeys(webhook_event)]
+    elif webhook_event:
+        raise fail("--webhook-event needs --webhook", code=2)
     with _api(api_base, verbose, api_key) as client:
         created = client.create_job(body, idempotency_key=idempotency_key)
         job_id = created.job.id
@@ -591,3 +639,57 @@ def cancel(
         emit_json(status.model_dump(mode="json"))
     if wait and status.status is not JobStatus.canceled:
         raise typer.Exit(EXIT_JOB_FAILED)
+
+
+DeliveryArg = Annotated[
+    uuid.UUID, typer.Argument(help="The delivery's id (from `job webhooks`).", show_default=False)
+]
+
+
+@app.command("webhooks")
+def webhooks(
+    job_id: JobArg,
+    api_base: ApiBaseOpt = DEFAULT_API_BASE,
+    api_key: ApiKeyOpt = None,
+    output: OutputOpt = OutputFormat.json,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """A job's webhook deliveries, oldest first: status, attempts, last answer, next attempt.
+
+    A `failed` delivery ran out of attempts or was refused by the receiver (a 4xx other than 408/429);
+    `dreamforge job redeliver JOB_ID DELIVERY_ID` sends it again.
+    """
+    with _api(api_base, verbose, api_key) as client:
+        listed = client.list_webhook_deliveries(job_id)
+    if not listed.deliveries and not quiet:
+        note(f"job {job_id} has no webhook deliveries (none asked for, or no event yet)")
+    if output is OutputFormat.table:
+        emit_table(_deliveries_table(listed.deliveries))
+    else:
+        emit_json(listed.model_dump(mode="json"))
+
+
+@app.command("redeliver")
+def redeliver(
+    job_id: JobArg,
+    delivery_id: DeliveryArg,
+    api_base: ApiBaseOpt = DEFAULT_API_BASE,
+    api_key: ApiKeyOpt = None,
+    output: OutputOpt = OutputFormat.json,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Send a webhook delivery again now, with a fresh retry schedule.
+
+    It keeps its `webhook-id`, so a receiver that already has it can drop the repeat. Prints the
+    delivery as it is after the request (`pending` until the attempt is made).
+    """
+    with _api(api_base, verbose, api_key) as client:
+        delivery = client.redeliver_webhook(job_id, delivery_id)
+    if not quiet:
+        note(f"delivery {delivery.id} ({delivery.webhook_id}) queued to {delivery.url}")
+    if output is OutputFormat.table:
+        emit_table(_deliveries_table([delivery]))
+    else:
+        emit_json(delivery.model_dump(mode="json"))

@@ -25,6 +25,9 @@ from dreamforge.api.schemas import (
     ModelListResponse,
     ProgressResponse,
     ReadinessResponse,
+    WebhookDelivery,
+    WebhookDeliveryListResponse,
+    WebhookPayload,
 )
 from dreamforge.client.errors import ApiStatusError, ApiUnreachable
 from dreamforge.client.events import JobEvent
@@ -50,4 +53,7 @@ __all__ = [
     "ModelListResponse",
     "ProgressResponse",
     "ReadinessResponse",
+    "WebhookDelivery",
+    "WebhookDeliveryListResponse",
+    "WebhookPayload",
 ]

@@ -36,6 +36,8 @@ from dreamforge.api.schemas import (
     ModelListResponse,
     ProgressResponse,
     ReadinessResponse,
+    WebhookDelivery,
+    WebhookDeliveryListResponse,
 )
 from dreamforge.client.errors import ApiStatusError, ApiUnreachable
 from dreamforge.client.events import JobEvent, reconnect_delay
@@ -203,6 +205,19 @@ class DreamForgeClient:
     def list_artifacts(self, job_id: JobId) -> ArtifactListResponse:
         """The job's stored images, each with a signed URL valid until `expires_at`."""
         return self._parse(ArtifactListResponse, self._send("GET", f"/jobs/{job_id}/artifacts"))
+
+    def list_webhook_deliveries(self, job_id: JobId) -> WebhookDeliveryListResponse:
+        """The job's webhook deliveries, oldest first: each event's attempts, last answer, next attempt."""
+        return self._parse(WebhookDeliveryListResponse, self._send("GET", f"/jobs/{job_id}/webhooks"))
+
+    def redeliver_webhook(self, job_id: JobId, delivery_id: JobId) -> WebhookDelivery:
+        """Send a delivery again now, with a fresh retry schedule and the same `webhook-id`.
+
+        Receivers de-duplicate by `webhook-id`, so a repeat is harmless and the call is retried like a
+        read.
+        """
+        response = self._send("POST", f"/jobs/{job_id}/webhooks/{delivery_id}/redeliver")
+        return self._parse(WebhookDelivery, response)
 
     def get_logs(
         self, job_id: JobId, *, tail: int | None = None, since: datetime | None = None

@@ -57,7 +57,8 @@ def next_due_at(session: Session) -> datetime | None:
     """When the soonest pending delivery can be attempted: its due time, or its in-flight claim's end."""
     leased = WebhookDelivery.sending_until > WebhookDelivery.next_attempt_at
     when = case((leased, WebhookDelivery.sending_until), else_=WebhookDelivery.next_attempt_at)
-    return session.scalar(select(func.min(when)).where(WebhookDelivery.status == PENDING))
+    soonest: datetime | None = session.scalar(select(func.min(when)).where(WebhookDelivery.status == PENDING))
+    return soonest
 
 
 def claim_attempt(session: Session, delivery_id: uuid.UUID, now: datetime, lease_seconds: float) -> bool:
