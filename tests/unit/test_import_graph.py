@@ -12,7 +12,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = SRC / "dreamforge"
 # The domain and infrastructure the API is built on; none of them may know the API exists.
-BELOW_API = ("jobs", "worker", "engines", "registry", "storage", "events", "db", "observability")
+BELOW_API = ("jobs", "worker", "engines", "registry", "storage", "events", "webhooks", "db", "observability")
 
 
 def _module_name(path: Path) -> str:
