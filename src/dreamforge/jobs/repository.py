@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from dreamforge.db.tables import Artifact, Job, JobEvent, JobItem, utcnow
+from dreamforge.db.tables import Artifact, Job, JobEvent, JobItem, WebhookDelivery, utcnow
 from dreamforge.jobs.state import TERMINAL, JobStatus
 
 
@@ -236,8 +236,9 @@ def delete_artifacts(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
 
 
 def delete_expired_jobs(session: Session, job_ids: Sequence[uuid.UUID], cutoff: datetime) -> int:
-    """Delete those of these jobs that still finished before `cutoff`, with their events, items and
-    artifact rows; returns how many jobs went (0 for one another process deleted first).
+    """Delete those of these jobs that still finished before `cutoff`, with their events, items,
+    artifact rows and webhook deliveries; returns how many jobs went (0 for one another process
+    deleted first).
 
     Children go explicitly rather than by the foreign keys' ON DELETE CASCADE, so the outcome does not
     depend on a connection having SQLite's `PRAGMA foreign_keys` on.
@@ -246,7 +247,7 @@ def delete_expired_jobs(session: Session, job_ids: Sequence[uuid.UUID], cutoff: 
     ids = list(session.scalars(stmt.with_for_update(skip_locked=True)).all())
     if not ids:
         return 0
-    for table in (JobEvent, JobItem, Artifact):
+    for table in (JobEvent, JobItem, Artifact, WebhookDelivery):
         session.execute(
             delete(table).where(table.job_id.in_(ids)).execution_options(synchronize_session=False)
         )
