@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 from conftest import Stack, distributed_stack, embedded_stack
-from support import assert_artifacts_downloadable, wait_for_status, wait_until
+from standardwebhooks.webhooks import WebhookVerificationError
+from support import assert_artifacts_downloadable, df, wait_for_status, wait_until
 from webhook_receiver import HANG, SilentSocket, WebhookReceiver
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
@@ -286,3 +287,26 @@ def test_killing_the_webhook_worker_mid_attempt_loses_no_delivery(
             [delivery] = _settled(c, job_id, 1, timeout=90)
     assert delivery["status"] == "delivered"
     assert {r.headers["webhook-id"] for r in receiver.at(path)} == {delivery["webhook_id"]}
+
+
+def test_with_auth_a_job_is_signed_with_its_keys_secret_and_others_cannot_see_its_deliveries(
+    tmp_path: Path, tiny_model_dir: Path, receiver: WebhookReceiver
+) -> None:
+    path = receiver.path()
+    with embedded_stack(tmp_path / "var", tiny_model_dir, DF_AUTH="required", **HOOK_ENV) as stack:
+        created = df(stack.env, "apikey", "create", "--name", "integrator").json
+        other = df(stack.env, "apikey", "create", "--name", "someone-else").json
+        assert created["webhook_secret"] != other["webhook_secret"]
+        headers = {"Authorization": f"Bearer {created['key']}"}
+        with httpx.Client(base_url=stack.base, headers=headers, timeout=30) as c:
+            job_id = _create(c, webhook=receiver.url(path))
+            [delivery] = _settled(c, job_id, 1)
+        with httpx.Client(base_url=stack.base, timeout=30) as c:
+            c.headers["Authorization"] = f"Bearer {other['key']}"
+            assert c.get(f"/jobs/{job_id}/webhooks").status_code == 404
+            redeliver = c.post(f"/jobs/{job_id}/webhooks/{delivery['id']}/redeliver")
+            assert redeliver.status_code == 404
+    [received] = receiver.at(path)
+    assert received.verified(created["webhook_secret"])["id"] == job_id
+    with pytest.raises(WebhookVerificationError):
+        received.verified(SECRET)
