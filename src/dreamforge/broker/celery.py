@@ -7,8 +7,10 @@ Neither imports the other, so an API process never builds a worker or connects i
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from datetime import timedelta
+from queue import Queue
 from typing import Any
 
 from celery import Celery
@@ -119,15 +121,38 @@ class CeleryDispatcher:
 
 
 class CeleryWebhookQueue:
-    """A `DeliveryQueue` that sends deliveries to the webhook workers' queue (`DF_WEBHOOK_QUEUE`)."""
+    """A `DeliveryQueue` that sends deliveries to the webhook workers' queue (`DF_WEBHOOK_QUEUE`).
+
+    `send` only hands the id to a publishing thread: it is called right after a render step commits,
+    and a slow or absent broker must not hold the render loop. An id lost with the process is still
+    due in the database, and a sweeper sends it.
+    """
 
     def __init__(self, celery: Celery, sessions: sessionmaker[Session], queue: str) -> None:
         self.celery = celery
         self.sessions = sessions
         self.queue = queue
+        self._outbox: Queue[tuple[uuid.UUID, float]] = Queue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
     def send(self, delivery_id: uuid.UUID, delay: float = 0.0) -> None:
-        """Publish the delivery's message (delayed by `delay` s), then note that a message carries it.
+        """Have the delivery published (delayed by `delay` s) from the publishing thread."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._publish_loop, name="dreamforge-webhook-publisher", daemon=True
+                )
+                self._thread.start()
+        self._outbox.put((delivery_id, delay))
+
+    def _publish_loop(self) -> None:
+        while True:
+            delivery_id, delay = self._outbox.get()
+            self.publish(delivery_id, delay)
+
+    def publish(self, delivery_id: uuid.UUID, delay: float = 0.0) -> None:
+        """Publish the delivery's message now, then note that a message carries it.
 
         A failed publish is only logged: the delivery stays due in the database and the sweeper sends it.
         """
