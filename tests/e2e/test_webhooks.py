@@ -192,13 +192,15 @@ def test_a_sleeping_or_silent_receiver_does_not_slow_the_next_render(
         after = _render_seconds(client)
     finally:
         silent.close()
-    ratio = max(with_hook, after) / baseline
     print(
-        f"\nrender with a hanging webhook: {with_hook:.2f}s, next render {after:.2f}s, "
-        f"baseline {baseline:.2f}s (ratio {ratio:.2f})"
+        f"\nbaseline render {baseline:.2f}s; with its own webhook hanging {with_hook:.2f}s "
+        f"({with_hook / baseline:.2f}x); the next render, deliveries still hanging, {after:.2f}s "
+        f"({after / baseline:.2f}x)"
     )
-    # A ratio, with a little absolute slack for polling granularity on a busy CI box.
-    assert ratio < 1.5 or max(with_hook, after) - baseline < 0.3, (with_hook, after, baseline)
+    # Ratios, with a little absolute slack for polling granularity on a busy CI box. A job whose own
+    # webhook hangs pays only for writing its deliveries; the next job pays nothing.
+    assert after / baseline < 1.5 or after - baseline < 0.3, (after, baseline)
+    assert with_hook / baseline < 2.0 or with_hook - baseline < 0.3, (with_hook, baseline)
 
 
 def test_cancel_is_delivered_as_completed_with_status_canceled(
