@@ -214,6 +214,17 @@ class Stack:
         self.workers.append(worker)
         return worker
 
+    def add_remote_worker(self, command: list[str] | None = None) -> WorkerProcess:
+        """Start a `dreamforge worker --queue <DF_REMOTE_QUEUE>`: remote-provider jobs, no GPU."""
+        worker = WorkerProcess(
+            data_dir=self.api.data_dir, env=self.env, args=["--queue", self.env["DF_REMOTE_QUEUE"]]
+        )
+        if command is not None:
+            worker.command = command
+        worker.start()
+        self.workers.append(worker)
+        return worker
+
     def add_api(self) -> ServerProcess:
         """Start another API process on the same services (another replica)."""
         return ServerProcess(data_dir=self.api.data_dir, env=self.env).start()
@@ -265,6 +276,7 @@ def distributed_stack(
             "DF_REDIS_URL": broker,
             "DF_QUEUE": f"gpu.default.test-{tag}",
             "DF_WEBHOOK_QUEUE": f"webhooks.test-{tag}",
+            "DF_REMOTE_QUEUE": f"remote.default.test-{tag}",
             "DF_SIGNING_SECRET": "e2e-secret",
             "DF_SSE_PING_SECONDS": "1",
             # Short leases and sweeps, so a killed worker's job is recovered within seconds.

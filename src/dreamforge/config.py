@@ -129,6 +129,27 @@ class Settings(BaseSettings):
     # Per API key and process (DF_AUTH=required): one client cannot hold every stream slot.
     sse_max_streams_per_key: int = Field(default=100, ge=1)
 
+    # Providers jobs may name (`provider`), comma-separated: the local SDXL one and, opted into, remote
+    # ones (`openai-images`). Remote providers' models appear in /models as `kind: remote-api`.
+    providers: str = "local-sdxl-epicrealism"
+    # The OpenAI Images API, or any server that speaks it (bring your own key: the service's, not the
+    # caller's). The key is sent to this base URL only and never stored, logged or shown.
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "DF_OPENAI_API_KEY")
+    )
+    # The models offered (comma-separated); sizes and counts follow each model's documented limits.
+    openai_models: str = "gpt-image-1"
+    # One request's limit (gpt-image-1 may take a minute for several large images).
+    openai_timeout_seconds: float = Field(default=180.0, gt=0, le=3600)
+    # Tries per request on 429, 5xx and connection errors (with backoff, honouring Retry-After).
+    openai_max_attempts: int = Field(default=6, ge=1, le=20)
+    # Distributed: the Celery queue of remote-provider jobs, served by `dreamforge worker --queue
+    # remote.default` (no GPU, no torch). Embedded: remote jobs run on threads of their own.
+    remote_queue: str = "remote.default"
+    # Remote jobs one process runs at once (threads); they wait on the network, not on a GPU.
+    remote_concurrency: int = Field(default=4, ge=1, le=64)
+
     # Webhooks (a job's `webhook` URL). The signing secret (`whsec_...`) of jobs made without an API key;
     # unset, one is derived from the signing secret (`dreamforge webhook-secret` prints it). With
     # DF_AUTH=required each API key has its own, shown once by `dreamforge apikey create`.
@@ -197,6 +218,11 @@ class Settings(BaseSettings):
             path.write_text(secrets.token_hex(32))
             path.chmod(0o600)
         return path.read_text().strip().encode()
+
+    @property
+    def enabled_providers(self) -> list[str]:
+        """The providers `DF_PROVIDERS` names, in its order."""
+        return [p.strip() for p in self.providers.split(",") if p.strip()]
 
     @property
     def public_base_url(self) -> str:

@@ -46,6 +46,7 @@ class ErrorCode(StrEnum):
     no_upscaler_installed = "no_upscaler_installed"
     job_finished = "job_finished"
     webhook_refused = "webhook_refused"
+    parameter_unsupported = "parameter_unsupported"
     illegal_transition = "illegal_transition"
     # API answers: signed artifact URLs.
     invalid_signature = "invalid_signature"
@@ -61,6 +62,11 @@ class ErrorCode(StrEnum):
     model_load_failed = "model_load_failed"
     device_unavailable = "device_unavailable"
     unknown_scheduler = "unknown_scheduler"
+    # Job failures of remote providers (`DF_PROVIDERS`).
+    provider_rejected = "provider_rejected"
+    provider_auth_failed = "provider_auth_failed"
+    provider_timeout = "provider_timeout"
+    provider_unavailable = "provider_unavailable"
     # Model commands (`dreamforge model ...`) and the registry.
     download_failed = "download_failed"
     auth_required = "auth_required"
@@ -208,6 +214,14 @@ CATALOG: dict[ErrorCode, CodeInfo] = {
         "loopback, private, link-local, multicast or metadata address; `details.reason` says which. "
         "`DF_WEBHOOK_ALLOW_HOSTS` lets named hosts through.",
     ),
+    ErrorCode.parameter_unsupported: _info(
+        422,
+        False,
+        _API,
+        "The job sets a field its provider cannot honour (e.g. `seed` or `scheduler` for a hosted model), "
+        "or a value outside what the model takes; `details.field` names it, the model's `parameters_schema` "
+        "says what it takes.",
+    ),
     ErrorCode.illegal_transition: _info(
         409, False, _API, "A job status change the state machine forbids (a race between two updates)."
     ),
@@ -258,6 +272,30 @@ CATALOG: dict[ErrorCode, CodeInfo] = {
         None, False, _JOB, "`DF_DEVICE=cuda` but the worker sees no CUDA device."
     ),
     ErrorCode.unknown_scheduler: _info(None, False, _JOB, "The engine does not support the job's scheduler."),
+    ErrorCode.provider_rejected: _info(
+        None,
+        False,
+        _JOB,
+        "The remote provider refused the request (400, 404, 422: a prompt it will not draw, a model it does "
+        "not have); the message is the provider's.",
+    ),
+    ErrorCode.provider_auth_failed: _info(
+        None,
+        False,
+        _JOB,
+        "The remote provider refused the service's key (401, 403): set a valid `OPENAI_API_KEY` (bring your "
+        "own key).",
+    ),
+    ErrorCode.provider_timeout: _info(
+        None, True, _JOB, "The remote provider did not answer within `DF_OPENAI_TIMEOUT_SECONDS`."
+    ),
+    ErrorCode.provider_unavailable: _info(
+        None,
+        True,
+        _JOB,
+        "The remote provider kept answering 429 or 5xx (or could not be reached) through every retry "
+        "the job's time allowed.",
+    ),
     ErrorCode.download_failed: _info(
         502, False, _CLI, "A download failed in a way to act on (an unexpected answer, a redirect loop)."
     ),

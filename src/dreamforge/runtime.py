@@ -19,13 +19,27 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dreamforge.config import Settings
 from dreamforge.db.migrate import upgrade_to_head
-from dreamforge.db.session import announce_commits, create_db_engine, make_session_factory, on_commits
+from dreamforge.db.session import (
+    announce_commits,
+    create_db_engine,
+    make_session_factory,
+    on_commits,
+    transaction,
+)
 from dreamforge.db.tables import Job, WebhookDelivery
-from dreamforge.engines.base import DEFAULT_PROVIDER, EngineFactory, Upscaler, UpscalerFactory
+from dreamforge.engines.base import (
+    DEFAULT_PROVIDER,
+    OPENAI_IMAGES_PROVIDER,
+    REMOTE_PROVIDERS,
+    EngineFactory,
+    Upscaler,
+    UpscalerFactory,
+)
 from dreamforge.engines.base import Engine as RenderEngine
 from dreamforge.events.notifier import LocalNotifier, Notifier, RedisNotifier
 from dreamforge.jobs.dispatch import Dispatcher
 from dreamforge.jobs.recovery import Reconciler
+from dreamforge.registry.remote import RemoteModelOffer, sync_remote_models
 from dreamforge.storage.base import ArtifactStore, FileServingStore
 from dreamforge.storage.local import LocalArtifactStore
 from dreamforge.webhooks.address import WebhookPolicy
@@ -81,6 +95,11 @@ class Runtime:
     _started: list[Service] = field(default_factory=list)
 
     @property
+    def remote_providers(self) -> frozenset[str]:
+        """The enabled providers whose jobs go to a remote API (their own queue and threads)."""
+        return frozenset(self.providers) & REMOTE_PROVIDERS
+
+    @property
     def serves_files(self) -> bool:
         """True when artifact URLs point at this API (`/v1/files`) rather than at S3."""
         return isinstance(self.store, FileServingStore)
@@ -132,7 +151,8 @@ def build_store(settings: Settings) -> ArtifactStore:
 
 
 def engine_providers(settings: Settings) -> dict[str, EngineFactory]:
-    """Every provider this process offers and how to make its engine (torch is imported on first use)."""
+    """The providers `DF_PROVIDERS` enables and how to make each one's engine (torch is imported on the
+    first local job; a remote provider never imports it)."""
 
     def sdxl() -> RenderEngine:
         from dreamforge.engines.sdxl import SDXLEngine
@@ -146,7 +166,37 @@ def engine_providers(settings: Settings) -> dict[str, EngineFactory]:
             vae_tiling_pixels=int(settings.vae_tiling_megapixels * 1_000_000),
         )
 
-    return {DEFAULT_PROVIDER: sdxl}
+    def openai_images() -> RenderEngine:
+        from dreamforge.engines.openai_images import OpenAIImagesEngine
+
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        return OpenAIImagesEngine(
+            settings.openai_base_url,
+            key,
+            timeout=settings.openai_timeout_seconds,
+            max_attempts=settings.openai_max_attempts,
+        )
+
+    known: dict[str, EngineFactory] = {DEFAULT_PROVIDER: sdxl, OPENAI_IMAGES_PROVIDER: openai_images}
+    unknown = [name for name in settings.enabled_providers if name not in known]
+    if unknown:
+        raise ValueError(f"DF_PROVIDERS names unknown providers {unknown}; known: {sorted(known)}")
+    return {name: known[name] for name in settings.enabled_providers}
+
+
+def remote_offers(settings: Settings) -> list[RemoteModelOffer]:
+    """The models the enabled remote providers serve, as the registry lists them."""
+    from dreamforge.engines.openai_images import parameters_schema
+
+    if OPENAI_IMAGES_PROVIDER not in settings.enabled_providers:
+        return []
+    names = [m.strip() for m in settings.openai_models.split(",") if m.strip()]
+    return [
+        RemoteModelOffer(
+            OPENAI_IMAGES_PROVIDER, name, parameters_schema(name), source=settings.openai_base_url
+        )
+        for name in names
+    ]
 
 
 def make_upscaler(settings: Settings) -> UpscalerFactory:
@@ -281,7 +331,9 @@ def _distributed(
 
     notifier = RedisNotifier(settings.redis_url, listen=listen)
     parts = _common(settings, notifier, migrate=migrate)
-    dispatcher = CeleryDispatcher(celery, parts.sessions, settings.queue)
+    # Remote providers' jobs go to their own queue: a CPU worker runs them, never behind a GPU job.
+    routes = dict.fromkeys(REMOTE_PROVIDERS & set(parts.providers), settings.remote_queue)
+    dispatcher = CeleryDispatcher(celery, parts.sessions, settings.queue, routes)
     webhook_queue = CeleryWebhookQueue(celery, parts.sessions, settings.webhook_queue)
     sweeper = WebhookSweeper(
         parts.sessions,
@@ -308,14 +360,23 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         parts, dispatcher, queue, services = _distributed(
             settings, make_celery(settings), listen=True, migrate=migrate
         )
+        _sync_remote_models(parts)
         return parts.runtime(dispatcher, [*services, *_retention(parts)], queue)
     from dreamforge.worker.inprocess import InProcessRunner
 
     parts = _common(settings, LocalNotifier(), migrate=migrate)
+    _sync_remote_models(parts)
     ctx = parts.worker_context()
-    runner = InProcessRunner(ctx)
+    remote = REMOTE_PROVIDERS & set(parts.providers)
+    runner = InProcessRunner(ctx, remote_providers=remote, remote_threads=settings.remote_concurrency)
     deliverer = ThreadDeliverer(parts.deliveries, parts.sessions, settings.webhook_concurrency)
     return parts.runtime(runner, [runner, deliverer, *_retention(parts)], deliverer, worker_context=ctx)
+
+
+def _sync_remote_models(parts: _Parts) -> None:
+    """List the enabled remote providers' models in the registry (API processes, at start)."""
+    with transaction(parts.sessions) as s:
+        sync_remote_models(s, remote_offers(parts.settings), parts.providers.keys())
 
 
 def _retention(parts: _Parts) -> list[Service]:

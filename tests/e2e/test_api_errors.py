@@ -64,6 +64,11 @@ def test_unknown_model_and_provider(client: httpx.Client) -> None:
     assert body["details"] == {"field": "model_id", "reason": "unknown", "model_id": missing}
     body = _assert_error(client.post("/jobs", json={**JOB, "provider": "openai"}), 422, "unknown_provider")
     assert body["details"]["field"] == "provider"
+    # A remote provider exists only where DF_PROVIDERS enables it.
+    body = _assert_error(
+        client.post("/jobs", json={**JOB, "provider": "openai-images"}), 422, "unknown_provider"
+    )
+    assert "local-sdxl-epicrealism" in body["message"]
 
 
 def test_job_ids(client: httpx.Client) -> None:

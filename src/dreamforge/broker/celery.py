@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Mapping
 from datetime import timedelta
 from queue import Queue
 from typing import Any
@@ -81,10 +82,18 @@ BROKER_MARK_KEY = "dreamforge:broker-mark:{queue}"
 class CeleryDispatcher:
     """A `Dispatcher` that sends jobs to the Celery workers' queue, then marks them dispatched."""
 
-    def __init__(self, celery: Celery, sessions: sessionmaker[Session], queue: str) -> None:
+    def __init__(
+        self,
+        celery: Celery,
+        sessions: sessionmaker[Session],
+        queue: str,
+        routes: Mapping[str, str] | None = None,
+    ) -> None:
         self.celery = celery
         self.sessions = sessions
         self.queue = queue
+        # Provider -> queue, for providers whose jobs are not the GPU queue's (remote APIs).
+        self.routes = dict(routes or {})
         self._redis: Any = None
 
     def broker_reset(self) -> bool:
@@ -103,13 +112,22 @@ class CeleryDispatcher:
         except (redis.RedisError, OSError) as exc:
             raise BrokerUnavailable(f"the job queue is unreachable: {exc}") from exc
 
+    def queue_of(self, job_id: uuid.UUID) -> str:
+        """The queue of the job's provider (one read, only when some provider has a queue of its own)."""
+        if not self.routes:
+            return self.queue
+        with self.sessions() as s:
+            job = jobs_repo.get_job(s, job_id)
+        return self.routes.get(job.provider, self.queue) if job is not None else self.queue
+
     def dispatch(self, job_id: uuid.UUID) -> None:
         """Publish the job's message; the mark afterwards only spares the reconciler a resend."""
         from kombu.exceptions import OperationalError
         from redis.exceptions import RedisError
 
+        queue = self.queue_of(job_id)
         try:
-            self.celery.send_task(TASK_NAME, args=[str(job_id)], queue=self.queue)
+            self.celery.send_task(TASK_NAME, args=[str(job_id)], queue=queue)
         except (OperationalError, RedisError, OSError) as exc:
             raise BrokerUnavailable(f"the job queue is unreachable: {exc}") from exc
         try:

@@ -96,7 +96,8 @@ def worker(
 ) -> None:
     """Run one Celery GPU worker (distributed topology): one process, one job at a time, per GPU.
 
-    `--queue webhooks` (DF_WEBHOOK_QUEUE) runs a webhook deliverer instead: DF_WEBHOOK_CONCURRENCY threads.
+    `--queue webhooks` (DF_WEBHOOK_QUEUE) runs a webhook deliverer instead (DF_WEBHOOK_CONCURRENCY threads),
+    `--queue remote.default` (DF_REMOTE_QUEUE) a remote-provider worker (DF_REMOTE_CONCURRENCY threads, no torch).
 
     SIGTERM stops it gracefully: the job in progress is re-queued at its next step.
     """
@@ -104,18 +105,20 @@ def worker(
     if not settings.distributed:
         err.print("[red]error:[/red] DF_REDIS_URL is not set; the embedded topology runs jobs inside 'serve'")
         raise typer.Exit(2)
-    webhooks = queue is not None and queue == settings.webhook_queue
-    if queue and not webhooks:
+    delivering = queue is not None and queue == settings.webhook_queue
+    remote = queue is not None and queue == settings.remote_queue
+    if queue and not (delivering or remote):
         # The worker re-queues interrupted jobs and sweeps with these settings: one queue throughout.
         settings = settings.model_copy(update={"queue": queue})
     configure_logging(verbose, level=logging.INFO, log_format=settings.log_format)
     from dreamforge.worker.celery_app import run_worker
 
-    if webhooks:
-        # Deliveries wait on the network, not a GPU: threads, so one slow receiver holds one slot only.
-        # DF_QUEUE stays the GPU queue: its sweeps re-send jobs there, never to the webhook queue.
-        pool = ["--pool=threads", f"--concurrency={settings.webhook_concurrency}"]
-        consumed = settings.webhook_queue
+    if delivering or remote:
+        # Deliveries and remote jobs wait on the network, not a GPU: threads, so one slow peer holds one
+        # slot only. DF_QUEUE stays the GPU queue: sweeps re-send GPU jobs there, never to this queue.
+        threads = settings.webhook_concurrency if delivering else settings.remote_concurrency
+        pool = ["--pool=threads", f"--concurrency={threads}"]
+        consumed = queue
     else:
         # solo: the model stays loaded in this one process, and SIGTERM reaches the running job.
         pool = ["--pool=solo", "--concurrency=1"]

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
 # The provider a job gets when it names none: SDXL on diffusers, on this machine's GPU.
 DEFAULT_PROVIDER = "local-sdxl-epicrealism"
+# The OpenAI Images API (engines.openai_images), enabled with DF_PROVIDERS.
+OPENAI_IMAGES_PROVIDER = "openai-images"
+# Providers whose jobs wait on a remote API, not a GPU: they run on their own queue and threads.
+REMOTE_PROVIDERS = frozenset({OPENAI_IMAGES_PROVIDER})
 
 
 class UpscaleMethod(StrEnum):

@@ -33,8 +33,9 @@ from dreamforge.jobs.limits import (
     check_quota,
     check_request,
 )
+from dreamforge.jobs.parameters import check_parameters
 from dreamforge.jobs.state import JobStatus
-from dreamforge.registry.selection import resolve_model, resolve_upscaler
+from dreamforge.registry.selection import resolve_model, resolve_remote_model, resolve_upscaler
 from dreamforge.webhooks.address import WebhookPolicy, check_webhook_url
 
 
@@ -62,6 +63,11 @@ class JobRequest(JobShape, Protocol):
 
     @property
     def webhook(self) -> str | None: ...
+
+    @property
+    def model_fields_set(self) -> set[str]:
+        """The fields the request set itself (defaults left out)."""
+        ...
 
     def model_dump(self, *, mode: str = ...) -> dict[str, Any]:
         """Every parameter with defaults filled in; `mode="json"` for the idempotency fingerprint."""
@@ -131,11 +137,13 @@ def create_job(
     owner: uuid.UUID | None = None,
     quota: KeyQuota | None = None,
     webhook_policy: WebhookPolicy | None = None,
+    remote_providers: Collection[str] = (),
 ) -> tuple[Job, bool]:
     """Stage a new job (or find its idempotent twin); returns the job and whether it is new.
 
     `owner` is the API key the job belongs to; its idempotency keys are its own. `webhook_policy`
-    refuses a webhook URL that may not be called (`WebhookRefused`, 422).
+    refuses a webhook URL that may not be called (`WebhookRefused`, 422). A job for one of the
+    `remote_providers` renders with one of its models and may set only the fields that model honours.
 
     `limits` apply to a new job only: a replay is answered with its job whatever the limits or the
     queue are now. The queue is checked last, so a request that could never be accepted gets its
@@ -151,7 +159,12 @@ def create_job(
     check_request(request, limits)
     if request.webhook is not None and webhook_policy is not None:
         check_webhook_url(request.webhook, webhook_policy)
-    model: Model = resolve_model(session, request.model_id, default_model)
+    model: Model
+    if request.provider in remote_providers:
+        model = resolve_remote_model(session, request.provider, request.model_id)
+        check_parameters(request.model_fields_set, request.model_dump(), model)
+    else:
+        model = resolve_model(session, request.model_id, default_model)
     params = request.model_dump_stored()
     upscaler: Model | None = None
     if request.upscale is not None:
@@ -204,6 +217,7 @@ def submit_job(
     owner: uuid.UUID | None = None,
     quota: KeyQuota | None = None,
     webhook_policy: WebhookPolicy | None = None,
+    remote_providers: Collection[str] = (),
 ) -> tuple[Job, bool]:
     """Create and commit a job, then dispatch it; returns the job and whether it is new.
 
@@ -222,6 +236,7 @@ def submit_job(
             owner=owner,
             quota=quota,
             webhook_policy=webhook_policy,
+            remote_providers=remote_providers,
         )
         session.commit()
     except IntegrityError:

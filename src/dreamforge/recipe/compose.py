@@ -108,6 +108,50 @@ def compose(
     return infotext, recipe
 
 
+def compose_remote(
+    *,
+    job_id: uuid.UUID,
+    item_index: int,
+    count: int,
+    params: dict[str, Any],
+    model: dict[str, Any],
+    runtime: dict[str, str],
+) -> tuple[str, dict[str, Any]]:
+    """Return (infotext, recipe) for an image a remote provider drew.
+
+    Only what is known is written: the provider chose its own sampler, steps and noise, so the infotext
+    has no `Steps`, `Sampler`, `Seed` or `Model hash` (A1111 readers take the keys that are present), and
+    the recipe names the provider, its model and endpoint instead.
+    """
+    infotext_params: dict[str, ParamValue] = {
+        "Size": f"{params['width']}x{params['height']}",
+        "Model": model["name"],
+        "Provider": str(params.get("provider")),
+        "Version": f"dreamforge {runtime.get('dreamforge', '')}".strip(),
+    }
+    infotext = build_infotext(params["prompt"], None, infotext_params)
+    recipe: dict[str, Any] = {
+        "schema": RECIPE_SCHEMA,
+        "job_id": str(job_id),
+        "item_index": item_index,
+        "count": count,
+        "type": params.get("type", "generate"),
+        "provider": params.get("provider"),
+        "prompt": params["prompt"],
+        "width": params["width"],
+        "height": params["height"],
+        "format": params["format"],
+        "model": {
+            "id": str(model["id"]),
+            "name": model["name"],
+            "remote_model": (model.get("extra") or {}).get("remote_model"),
+            "source": model.get("source"),
+        },
+        "runtime": runtime,
+    }
+    return infotext, recipe
+
+
 def _hires(upscale: dict[str, Any] | None) -> dict[str, ParamValue]:
     """A1111's hires-fix keys for an upscaled image, in the order A1111 writes them."""
     if upscale is None:

@@ -19,6 +19,8 @@ CAPABILITIES = ["text-to-image"]
 # Model kinds (`ModelSummary.kind`): what a model is for.
 CHECKPOINT_KIND = "sdxl-checkpoint"
 UPSCALER_KIND = "upscaler"
+# A model a remote provider serves (registry.remote keeps these rows in step with DF_PROVIDERS).
+REMOTE_KIND = "remote-api"
 
 
 class NotAnUpscaler(DreamForgeError):

@@ -10,7 +10,8 @@ from dreamforge.db.tables import Model
 from dreamforge.error_codes import ErrorCode
 from dreamforge.errors import DreamForgeError
 from dreamforge.registry import repository as models_repo
-from dreamforge.registry.install import CHECKPOINT_KIND, UPSCALER_KIND
+from dreamforge.registry.install import CHECKPOINT_KIND, REMOTE_KIND, UPSCALER_KIND
+from dreamforge.registry.remote import remote_models
 
 INSTALL_HINT = (
     "install one with `dreamforge model download <ref> --enable`, where <ref> is civitai:<version id> "
@@ -51,7 +52,9 @@ class ModelUnavailable(DreamForgeError):
 
 def _usable(model: Model | None, model_id: uuid.UUID, kind: str, field: str) -> Model:
     """`model` if jobs may use it as a `kind`; `ModelUnavailable` naming `field` otherwise."""
-    what = "an upscaler" if kind == UPSCALER_KIND else "an SDXL checkpoint"
+    what = {UPSCALER_KIND: "an upscaler", REMOTE_KIND: "a remote provider's model"}.get(
+        kind, "an SDXL checkpoint"
+    )
     if model is None:
         raise ModelUnavailable(
             f"model {model_id} does not exist", model_id=model_id, reason="unknown", field=field
@@ -107,5 +110,26 @@ def resolve_upscaler(session: Session, model_id: uuid.UUID | None) -> Model:
             reason="none",
             field=field,
             none_code=ErrorCode.no_upscaler_installed,
+        )
+    return candidates[0]
+
+
+def resolve_remote_model(session: Session, provider: str, model_id: uuid.UUID | None) -> Model:
+    """The model a `provider` job renders with: `model_id` (one of that provider's), else its first."""
+    if model_id is not None:
+        model = _usable(models_repo.get_model(session, model_id), model_id, REMOTE_KIND, "model_id")
+        if (model.extra or {}).get("provider") != provider:
+            raise ModelUnavailable(
+                f"model {model_id} ({model.name!r}) is not served by provider {provider!r}",
+                model_id=model_id,
+                reason="wrong_provider",
+            )
+        return model
+    candidates = remote_models(session, provider)
+    if not candidates:
+        raise ModelUnavailable(
+            f"provider {provider!r} offers no model (DF_OPENAI_MODELS is empty?)",
+            model_id=None,
+            reason="none",
         )
     return candidates[0]

@@ -44,10 +44,11 @@ from dreamforge.jobs.stages import DENOISE, STORE, StagePlan, stage_plan, upscal
 from dreamforge.jobs.state import JobStatus
 from dreamforge.observability import metrics
 from dreamforge.observability.context import item_context, job_context, job_id_var
-from dreamforge.recipe.compose import compose
+from dreamforge.recipe.compose import compose, compose_remote
 from dreamforge.recipe.embed import encode_image
 from dreamforge.registry import repository as models_repo
 from dreamforge.registry.hashing import autov2
+from dreamforge.registry.install import REMOTE_KIND
 from dreamforge.storage.base import CONTENT_TYPES, artifact_key
 from dreamforge.webhooks.outbox import WebhookEvent, stage_delivery
 from dreamforge.worker.context import WorkerContext
@@ -205,6 +206,7 @@ class _JobRun:
                     "native_scale": (row.extra or {}).get("scale"),
                 }
                 self.upscaler_info.pop("extra")
+                self.upscaler_info.pop("kind")
                 upscaler_spec = _spec(row)
             items = {i.item_index: i.seed for i in jobs_repo.get_items(s, self.job_id)}
             recorded = dict(items)
@@ -363,12 +365,19 @@ class _JobRun:
 
     def _reporter(self, items: list[_Item], stage: str) -> StepCallback:
         """The step callback of one engine call over `items` in `stage`: throttled progress writes
-        that carry the cancel check, and the cheap checks on every other step."""
+        that carry the cancel check, and the cheap checks on every other step. A step reported again
+        is a heartbeat: it runs the checks (cancel, shutdown, time limit) and writes nothing."""
         last_emit = 0.0
+        last_step: tuple[int, int] | None = None
 
         def on_step(step: int, total: int) -> None:
-            nonlocal last_emit
+            nonlocal last_emit, last_step
             self._check_worker()
+            if (step, total) == last_step:
+                # A heartbeat (a remote engine waiting on its provider): nothing new to report.
+                self.check()
+                return
+            last_step = (step, total)
             now = time.monotonic()
             if not (1 < step < total and now - last_emit < PROGRESS_INTERVAL_SECONDS):
                 last_emit = now
@@ -406,6 +415,16 @@ class _JobRun:
         if stage == "final" and upscale is not None:
             base_size = (params["width"], params["height"])
             record = upscale_record(dict(upscale), self.upscaler_info, self.upscaler_runtime, base_size)
+        if self.model_info.get("kind") == REMOTE_KIND:
+            infotext, recipe = compose_remote(
+                job_id=self.job_id,
+                item_index=item.index,
+                count=self.count,
+                params=params,
+                model=self.model_info,
+                runtime=self.runtime,
+            )
+            return encode_image(image, params["format"], infotext, recipe)
         infotext, recipe = compose(
             job_id=self.job_id,
             item_index=item.index,
@@ -490,6 +509,7 @@ def _model_info(model: Model) -> dict[str, Any]:
         "source": model.source,
         "revision": model.revision,
         "extra": dict(model.extra or {}),
+        "kind": model.kind,
     }
 
 

@@ -116,8 +116,8 @@ def _quota(principal: Principal, runtime: Runtime) -> KeyQuota | None:
             "description": (
                 "Not acceptable as sent: `validation_error`, `unknown_provider`, `model_unavailable`, "
                 "`no_model_installed`, `limit_exceeded` (more than DF_MAX_STEPS or "
-                "DF_MAX_MEGAPIXELS_PER_JOB allow), or `webhook_refused` (a webhook URL that may not be "
-                "called)"
+                "DF_MAX_MEGAPIXELS_PER_JOB allow), `webhook_refused` (a webhook URL that may not be "
+                "called), or `parameter_unsupported` (a field the provider's model cannot honour)"
             ),
         },
         429: {
@@ -171,6 +171,7 @@ def create(
         owner=principal.key_id,
         quota=_quota(principal, runtime),
         webhook_policy=runtime.webhook_policy,
+        remote_providers=runtime.remote_providers,
     )
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
