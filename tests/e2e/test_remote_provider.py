@@ -35,7 +35,7 @@ def fake() -> Iterator[FakeOpenAI]:
         yield api
 
 
-def _env(fake: FakeOpenAI, **extra: str) -> dict[str, str]:
+def _env(fake: FakeOpenAI, **extra: str) -> dict[str, Any]:
     return {
         "DF_PROVIDERS": "local-sdxl-epicrealism,openai-images",
         "DF_OPENAI_BASE_URL": fake.base_url,

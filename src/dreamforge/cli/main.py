@@ -96,8 +96,9 @@ def worker(
 ) -> None:
     """Run one Celery GPU worker (distributed topology): one process, one job at a time, per GPU.
 
-    `--queue webhooks` (DF_WEBHOOK_QUEUE) runs a webhook deliverer instead (DF_WEBHOOK_CONCURRENCY threads),
-    `--queue remote.default` (DF_REMOTE_QUEUE) a remote-provider worker (DF_REMOTE_CONCURRENCY threads, no torch).
+    `--queue webhooks` (DF_WEBHOOK_QUEUE) runs a webhook deliverer instead (DF_WEBHOOK_CONCURRENCY
+    threads); `--queue remote.default` (DF_REMOTE_QUEUE) a remote-provider worker (DF_REMOTE_CONCURRENCY
+    threads, no torch).
 
     SIGTERM stops it gracefully: the job in progress is re-queued at its next step.
     """
