@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dreamforge.engines.base import KNOWN_PROVIDERS
 from dreamforge.webhooks.signing import valid_secret
 
 
@@ -172,6 +173,15 @@ class Settings(BaseSettings):
     # The API's address as clients reach it: the base of local artifact URLs in webhook bodies (requests
     # use their own Host). Unset: http://DF_HOST:DF_PORT.
     public_url: str = ""
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: str) -> str:
+        names = [p.strip() for p in value.split(",") if p.strip()]
+        unknown = sorted(set(names) - KNOWN_PROVIDERS)
+        if unknown:
+            raise ValueError(f"unknown providers {unknown}; known: {sorted(KNOWN_PROVIDERS)}")
+        return value
 
     @field_validator("webhook_secret")
     @classmethod

@@ -17,6 +17,7 @@ from conftest import Stack, distributed_stack, embedded_stack
 from fakeopenai import FakeOpenAI
 from PIL import Image
 from s3_server import MotoS3
+from sqlalchemy import create_engine, inspect, text
 from support import wait_for_status, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +28,18 @@ REMOTE: dict[str, Any] = {
     "width": 1024,
     "height": 1024,
 }
+
+
+def _database_dump(db_url: str) -> bytes:
+    """Every row of every table, as text (what a dump of the data holds)."""
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            tables = inspect(conn).get_table_names()
+            rows = [repr(row) for t in tables for row in conn.execute(text(f'SELECT * FROM "{t}"')).all()]
+    finally:
+        engine.dispose()
+    return "\n".join(rows).encode()
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +237,8 @@ def test_distributed_a_cpu_worker_without_torch_runs_remote_jobs(
             ).json()
             time.sleep(1)
             assert c.get(f"/jobs/{local['job']['id']}").json()["status"] == "queued"
+        dump = _database_dump(s.db_url)
+        assert b"openai-images/gpt-image-1" in dump and fake.api_key.encode() not in dump
         keyed = [
             k
             for k in moto_s3.keys(s.bucket, "")

@@ -20,6 +20,8 @@ DEFAULT_PROVIDER = "local-sdxl-epicrealism"
 OPENAI_IMAGES_PROVIDER = "openai-images"
 # Providers whose jobs wait on a remote API, not a GPU: they run on their own queue and threads.
 REMOTE_PROVIDERS = frozenset({OPENAI_IMAGES_PROVIDER})
+# Every provider DF_PROVIDERS may name (runtime.engine_providers makes their engines).
+KNOWN_PROVIDERS = frozenset({DEFAULT_PROVIDER, *REMOTE_PROVIDERS})
 
 
 class UpscaleMethod(StrEnum):
