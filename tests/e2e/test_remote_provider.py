@@ -18,7 +18,7 @@ from fakeopenai import FakeOpenAI
 from PIL import Image
 from s3_server import MotoS3
 from sqlalchemy import create_engine, inspect, text
-from support import wait_for_status, wait_until
+from support import cli_env, df, wait_for_status, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 REMOTE: dict[str, Any] = {
@@ -206,6 +206,45 @@ def test_a_remote_job_runs_while_a_local_render_is_in_progress(client: httpx.Cli
     assert wait_for_status(client, remote, {"succeeded", "failed"})["status"] == "succeeded"
     assert client.get(f"/jobs/{local}").json()["status"] == "running"
     client.post(f"/jobs/{local}/cancel")
+
+
+def test_the_cli_creates_a_remote_job_and_lists_the_remote_models(stack: Stack, tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "client", DF_API_BASE=stack.base)
+    run = df(
+        env,
+        "job",
+        "create",
+        "--provider",
+        "openai-images",
+        "--prompt",
+        "a kite",
+        "--width",
+        "1024",
+        "--height",
+        "1024",
+        "--count",
+        "2",
+        "--wait",
+        "-q",
+    )
+    assert run.code == 0, run.stderr
+    assert run.json["job"]["status"] == "succeeded" and len(run.json["artifacts"]) == 2
+    refused = df(
+        env,
+        "job",
+        "create",
+        "--provider",
+        "openai-images",
+        "--prompt",
+        "x",
+        "--width",
+        "1024",
+        "--height",
+        "1024",
+        "--seed",
+        "5",
+    )
+    assert refused.code != 0 and "parameter_unsupported" in refused.stderr
 
 
 def test_the_key_is_in_no_stored_byte(stack: Stack, fake: FakeOpenAI) -> None:

@@ -298,6 +298,13 @@ def create(
     model_id: Annotated[
         uuid.UUID | None, typer.Option(help="Model to use (default: the server's default model).")
     ] = None,
+    provider: Annotated[
+        str | None,
+        typer.Option(
+            help="Who renders it (server default local-sdxl-epicrealism); e.g. openai-images where the "
+            "server enables it (DF_PROVIDERS). `dreamforge model list` shows each provider's models."
+        ),
+    ] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Retry-safe key: the same key and parameters return the same job.")
     ] = None,
@@ -362,6 +369,7 @@ def create(
         "seed": seed,
         "count": count,
         "model_id": str(model_id) if model_id else None,
+        "provider": provider,
     }
     body = {"type": "generate", "prompt": prompt, "width": width, "height": height}
     body |= {k: v for k, v in options.items() if v is not None}
