@@ -12,10 +12,10 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dreamforge.db.tables import Model
+from dreamforge.registry import repository as models_repo
 from dreamforge.registry.install import REMOTE_KIND
 
 
@@ -40,9 +40,12 @@ def sync_remote_models(
     session: Session, offers: Sequence[RemoteModelOffer], enabled: Collection[str]
 ) -> None:
     """Upsert the offers of the `enabled` providers and retire the rows of every other provider."""
-    rows = {m.name: m for m in session.scalars(select(Model).where(Model.kind == REMOTE_KIND)).all()}
+    rows = {
+        m.name: m
+        for m in models_repo.list_models(session, enabled=None, installed_only=False, kind=REMOTE_KIND)
+    }
     offered = set()
-    for offer in offers:
+    for rank, offer in enumerate(offers):
         if offer.provider not in enabled:
             continue
         offered.add(offer.name)
@@ -54,7 +57,13 @@ def sync_remote_models(
         row.source = offer.source
         row.parameters_schema = offer.parameters_schema
         row.capabilities = list(offer.capabilities)
-        row.extra = {**offer.extra, "provider": offer.provider, "remote_model": offer.remote_model}
+        # `rank`: the offer's place in its provider's list; the first is the provider's default model.
+        row.extra = {
+            **offer.extra,
+            "provider": offer.provider,
+            "remote_model": offer.remote_model,
+            "rank": rank,
+        }
         row.installed = row.enabled = True
     for name, row in rows.items():
         if name not in offered:
@@ -63,10 +72,10 @@ def sync_remote_models(
 
 
 def remote_models(session: Session, provider: str) -> list[Model]:
-    """The installed, enabled models of `provider`, oldest first (the first is its default)."""
-    stmt = (
-        select(Model)
-        .where(Model.kind == REMOTE_KIND, Model.installed.is_(True), Model.enabled.is_(True))
-        .order_by(Model.created_at, Model.name)
-    )
-    return [m for m in session.scalars(stmt).all() if (m.extra or {}).get("provider") == provider]
+    """The installed, enabled models of `provider`, its default (the first one offered) first."""
+    rows = [
+        m
+        for m in models_repo.list_models(session, kind=REMOTE_KIND)
+        if (m.extra or {}).get("provider") == provider
+    ]
+    return sorted(rows, key=lambda m: int((m.extra or {}).get("rank", 0)))
