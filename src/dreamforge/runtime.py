@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dreamforge.config import Settings
@@ -373,8 +374,15 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
 
 def _sync_remote_models(parts: _Parts) -> None:
     """List the enabled remote providers' models in the registry (API processes, at start)."""
-    with transaction(parts.sessions) as s:
-        sync_remote_models(s, remote_offers(parts.settings), parts.providers.keys())
+    for attempt in range(2):
+        try:
+            with transaction(parts.sessions) as s:
+                sync_remote_models(s, remote_offers(parts.settings), parts.providers.keys())
+            return
+        except IntegrityError:
+            # Another replica starting at the same moment inserted the same rows: update them instead.
+            if attempt:
+                raise
 
 
 def _retention(parts: _Parts) -> list[Service]:

@@ -120,8 +120,9 @@ def compose_remote(
     """Return (infotext, recipe) for an image a remote provider drew.
 
     Only what is known is written: the provider chose its own sampler, steps and noise, so the infotext
-    has no `Steps`, `Sampler`, `Seed` or `Model hash` (A1111 readers take the keys that are present), and
-    the recipe names the provider, its model and endpoint instead.
+    has no `Steps`, `Sampler`, `Seed` or `Model hash`. A1111 readers want a parameters line that starts
+    with `Steps:`, so they show this one as text: a reader still sees the size, model and provider, and
+    the JSON recipe names them (with the endpoint) exactly.
     """
     infotext_params: dict[str, ParamValue] = {
         "Size": f"{params['width']}x{params['height']}",
