@@ -29,7 +29,6 @@ import mimetypes
 import re
 import secrets
 import socket
-import socketserver
 import sys
 import threading
 import traceback
@@ -37,10 +36,11 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, ClassVar, Self
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+from loopback_http import LoopbackServer, TrackedHandler
 
 __all__ = ["FakeCivitai", "FakeHub", "Hit"]
 
@@ -149,78 +149,22 @@ def _access_denied() -> _Response:
     return _Response(403, [("Content-Type", "application/xml")], body)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-
+class _Server(LoopbackServer):
     def __init__(self, owner: _FakeBase, role: str) -> None:
         self.owner = owner
         self.role = role
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind would resolve the host's FQDN, which can stall without DNS.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = "127.0.0.1"
-        self.server_port = int(self.socket.getsockname()[1])
-
-    def close_connections(self) -> None:
-        with self.connections_lock:
-            conns = list(self.connections)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+        super().__init__(_Handler)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(TrackedHandler):
     server_version = "FakeHubs/1.0"
-    sys_version = ""
-    timeout = 120
 
     def _srv(self) -> _Server:
         srv = self.server
         assert isinstance(srv, _Server)
         return srv
 
-    def setup(self) -> None:
-        super().setup()
-        srv = self._srv()
-        with srv.connections_lock:
-            srv.connections.add(self.connection)
-
-    def finish(self) -> None:
-        srv = self._srv()
-        with srv.connections_lock:
-            srv.connections.discard(self.connection)
-        with contextlib.suppress(OSError):
-            super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_HEAD(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def do_PATCH(self) -> None:
-        self._serve()
-
-    def _serve(self) -> None:
+    def serve(self) -> None:
         srv = self._srv()
         length = int(self.headers.get("Content-Length") or 0)
         if length > 0:

@@ -25,13 +25,10 @@ checked first, as the real API does: a request with a bad key gets 401 and consu
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import math
 import secrets
-import socket
-import socketserver
 import string
 import sys
 import threading
@@ -41,11 +38,11 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
+from loopback_http import LoopbackServer, TrackedHandler
 from PIL import Image
 
 __all__ = ["MODELS", "FakeOpenAI", "Recorded", "mask_key"]
@@ -290,78 +287,19 @@ def _render(width: int, height: int, index: int, salt: int, fmt: str, transparen
 # --------------------------------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-
+class _Server(LoopbackServer):
     def __init__(self, owner: FakeOpenAI) -> None:
         self.owner = owner
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind would resolve the host's FQDN, which can stall without DNS.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = "127.0.0.1"
-        self.server_port = int(self.socket.getsockname()[1])
-
-    def close_connections(self) -> None:
-        with self.connections_lock:
-            conns = list(self.connections)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+        super().__init__(_Handler)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(TrackedHandler):
     server_version = "FakeOpenAI/1.0"
-    sys_version = ""
-    timeout = 120
 
     def _srv(self) -> _Server:
         srv = self.server
         assert isinstance(srv, _Server)
         return srv
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out in separate writes; without this, delayed ACKs add ~40 ms per answer.
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        srv = self._srv()
-        with srv.connections_lock:
-            srv.connections.add(self.connection)
-
-    def finish(self) -> None:
-        srv = self._srv()
-        with srv.connections_lock:
-            srv.connections.discard(self.connection)
-        with contextlib.suppress(OSError):
-            super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_HEAD(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def do_PATCH(self) -> None:
-        self._serve()
 
     def _read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
@@ -377,7 +315,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
 
-    def _serve(self) -> None:
+    def serve(self) -> None:
         srv = self._srv()
         owner = srv.owner
         started = time.monotonic()
