@@ -417,4 +417,4 @@ def test_gc_takes_the_s3_store_from_the_settings(
     assert code == 0, err
     assert json.loads(out)["deleted"] == {"jobs": 1, "objects": 1}
     assert not stored(s3, artifact_key(old, 0, "png"))
-    assert rows(sqlite_env, old) == {"jobs": 0, "job_items": 0, "job_events": 0, "artifacts": 0}
+    assert set(rows(sqlite_env, old).values()) == {0}
