@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 COMPOSE := docker compose -f compose/docker-compose.yml
 
-.PHONY: install uv-sync lint fmt type test openapi demo serve up down logs migrate-head migrate-rev run-api run-worker clean
+.PHONY: install uv-sync lint fmt type test openapi demo bench serve up down logs migrate-head migrate-rev run-api run-worker clean
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ type: install
 
 test: install
 	$(BIN)/pytest -q
+
+# Benchmarks (ratios of interleaved runs): bench/results/latest.json and docs/benchmarks.md.
+# BENCH_SMOKE=1 make bench: tiny counts, only to keep the scripts working.
+bench: install
+	$(PY) bench/run.py
 
 openapi: install
 	$(PY) scripts/export_openapi.py --out docs/openapi/openapi.v1.json
