@@ -1,19 +1,26 @@
-"""FastAPI dependencies: the process's runtime parts, a per-request database session, the caller."""
+"""FastAPI dependencies: the process's runtime parts, a per-request database session, the caller.
+
+The light ones are `async`: FastAPI runs a sync dependency on a worker thread, and under many
+concurrent requests those thread hops, not the work, set the rate a route serves.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from dreamforge.accounts.service import ANYONE, Principal, authenticate
 from dreamforge.runtime import Runtime
 
+T = TypeVar("T")
 
-def get_runtime(request: Request) -> Runtime:
+
+async def get_runtime(request: Request) -> Runtime:
     """The runtime the app was started with."""
     runtime: Runtime = request.app.state.runtime
     return runtime
@@ -31,7 +38,7 @@ def get_session(runtime: RuntimeDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def public_base_url(request: Request) -> str:
+async def public_base_url(request: Request) -> str:
     """The root URL clients reach this API at (for artifact URLs the API serves)."""
     return str(request.base_url).rstrip("/")
 
@@ -45,7 +52,7 @@ _api_key_header = APIKeyHeader(
 )
 
 
-def get_principal(
+async def get_principal(
     runtime: RuntimeDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     api_key: Annotated[str | None, Security(_api_key_header)],
@@ -54,9 +61,20 @@ def get_principal(
     if runtime.settings.auth == "off":
         return ANYONE
     key = bearer.credentials if bearer is not None else api_key
+    return await run_in_threadpool(_authenticate, runtime, key)
+
+
+def _authenticate(runtime: Runtime, key: str | None) -> Principal:
     # Checked on every request, so a revoked key is refused from its next request on.
     with runtime.sessions() as session:
         return authenticate(session, runtime.settings.url_signing_key, key)
+
+
+def read(runtime: Runtime, query: Callable[[Session], T]) -> T:
+    """Run `query` in a session of its own and close it: a read route's whole database work, done in
+    one worker-thread hop (each sync dependency or route would be a hop of its own)."""
+    with runtime.sessions() as session:
+        return query(session)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -11,9 +11,10 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BeforeValidator
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from dreamforge.accounts.service import Principal
-from dreamforge.api.deps import BaseUrlDep, PrincipalDep, RuntimeDep, SessionDep
+from dreamforge.api.deps import BaseUrlDep, PrincipalDep, RuntimeDep, SessionDep, read
 from dreamforge.api.errors import (
     ERROR_BODY,
     INVALID,
@@ -186,9 +187,10 @@ def create(
     summary="Get job status",
     responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
-def get(id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> JobStatusResponse:
+async def get(id: uuid.UUID, runtime: RuntimeDep, principal: PrincipalDep) -> JobStatusResponse:
     """A job's status, item counts and, when it failed, why."""
-    return job_view(_load_job(session, id, principal))
+    # The route integrators poll: its database work and view in one thread hop.
+    return await run_in_threadpool(read, runtime, lambda s: job_view(_load_job(s, id, principal)))
 
 
 @router.post(
@@ -275,10 +277,14 @@ def logs(
     summary="Get aggregated progress for a job",
     responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
-def progress(id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> ProgressResponse:
+async def progress(id: uuid.UUID, runtime: RuntimeDep, principal: PrincipalDep) -> ProgressResponse:
     """Overall and per-item progress, with the stage weights behind them."""
-    job = _load_job(session, id, principal)
-    return progress_view(job, list(jobs_repo.get_items(session, id)))
+
+    def query(session: Session) -> ProgressResponse:
+        job = _load_job(session, id, principal)
+        return progress_view(job, list(jobs_repo.get_items(session, id)))
+
+    return await run_in_threadpool(read, runtime, query)
 
 
 @router.get(
