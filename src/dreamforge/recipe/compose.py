@@ -69,13 +69,7 @@ def compose(
         ]
     infotext = build_infotext(params["prompt"], params.get("negative_prompt"), infotext_params)
     recipe: dict[str, Any] = {
-        "schema": RECIPE_SCHEMA,
-        "job_id": str(job_id),
-        "item_index": item_index,
-        "count": count,
-        "type": params.get("type", "generate"),
-        "provider": params.get("provider"),
-        "prompt": params["prompt"],
+        **_recipe_head(job_id, item_index, count, params),
         "negative_prompt": params.get("negative_prompt"),
         "width": params["width"],
         "height": params["height"],
@@ -132,13 +126,7 @@ def compose_remote(
     }
     infotext = build_infotext(params["prompt"], None, infotext_params)
     recipe: dict[str, Any] = {
-        "schema": RECIPE_SCHEMA,
-        "job_id": str(job_id),
-        "item_index": item_index,
-        "count": count,
-        "type": params.get("type", "generate"),
-        "provider": params.get("provider"),
-        "prompt": params["prompt"],
+        **_recipe_head(job_id, item_index, count, params),
         "width": params["width"],
         "height": params["height"],
         "format": params["format"],
@@ -151,6 +139,19 @@ def compose_remote(
         "runtime": runtime,
     }
     return infotext, recipe
+
+
+def _recipe_head(job_id: uuid.UUID, item_index: int, count: int, params: dict[str, Any]) -> dict[str, Any]:
+    """The fields every recipe starts with, local or remote: which item of which job, and its prompt."""
+    return {
+        "schema": RECIPE_SCHEMA,
+        "job_id": str(job_id),
+        "item_index": item_index,
+        "count": count,
+        "type": params.get("type", "generate"),
+        "provider": params.get("provider"),
+        "prompt": params["prompt"],
+    }
 
 
 def _hires(upscale: dict[str, Any] | None) -> dict[str, ParamValue]:

@@ -31,6 +31,16 @@ def job_deliveries(session: Session, job_id: uuid.UUID) -> Sequence[WebhookDeliv
     return session.scalars(stmt).all()
 
 
+def _attemptable(now: datetime) -> tuple[ColumnElement[bool], ...]:
+    """Pending, due, and no attempt in flight."""
+    return (WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now, _idle(now))
+
+
+def _unsent(stale: datetime) -> ColumnElement[bool]:
+    """No broker message carries it, or the one that does is overdue by `stale`."""
+    return or_(WebhookDelivery.dispatched_at.is_(None), WebhookDelivery.dispatched_at < stale)
+
+
 def _idle(now: datetime) -> ColumnElement[bool]:
     """No attempt is in flight: none started, or the one that did has lapsed (its process died)."""
     return or_(WebhookDelivery.sending_until.is_(None), WebhookDelivery.sending_until < now)
@@ -42,11 +52,7 @@ def due_deliveries(
     """Ids of pending deliveries whose next attempt is due and none is in flight, most overdue first."""
     stmt = (
         select(WebhookDelivery.id)
-        .where(
-            WebhookDelivery.status == PENDING,
-            WebhookDelivery.next_attempt_at <= now,
-            _idle(now),
-        )
+        .where(*_attemptable(now))
         .order_by(WebhookDelivery.next_attempt_at)
         .limit(limit + len(exclude))
     )
@@ -65,12 +71,7 @@ def claim_attempt(session: Session, delivery_id: uuid.UUID, now: datetime, lease
     """Take the delivery's next attempt if it is due and no other process is making one."""
     stmt = (
         update(WebhookDelivery)
-        .where(
-            WebhookDelivery.id == delivery_id,
-            WebhookDelivery.status == PENDING,
-            WebhookDelivery.next_attempt_at <= now,
-            _idle(now),
-        )
+        .where(WebhookDelivery.id == delivery_id, *_attemptable(now))
         .values(sending_until=now + timedelta(seconds=lease_seconds))
         .execution_options(synchronize_session=False)
     )
@@ -81,12 +82,7 @@ def undispatched_due(session: Session, now: datetime, stale: datetime, limit: in
     """Due pending deliveries that no broker message carries (or whose message is overdue by now)."""
     stmt = (
         select(WebhookDelivery.id)
-        .where(
-            WebhookDelivery.status == PENDING,
-            WebhookDelivery.next_attempt_at <= now,
-            _idle(now),
-            or_(WebhookDelivery.dispatched_at.is_(None), WebhookDelivery.dispatched_at < stale),
-        )
+        .where(*_attemptable(now), _unsent(stale))
         .order_by(WebhookDelivery.next_attempt_at)
         .limit(limit)
     )
@@ -107,18 +103,8 @@ def claim_dispatch(session: Session, delivery_id: uuid.UUID, now: datetime, stal
     """Take the right to send the delivery's message, so that of many sweeping processes one sends it."""
     stmt = (
         update(WebhookDelivery)
-        .where(
-            WebhookDelivery.id == delivery_id,
-            WebhookDelivery.status == PENDING,
-            or_(WebhookDelivery.dispatched_at.is_(None), WebhookDelivery.dispatched_at < stale),
-        )
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == PENDING, _unsent(stale))
         .values(dispatched_at=now)
         .execution_options(synchronize_session=False)
     )
     return bool(getattr(session.execute(stmt), "rowcount", 0) == 1)
-
-
-def count_by_status(session: Session) -> dict[str, int]:
-    """How many deliveries are in each status, service-wide."""
-    stmt = select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status)
-    return {status: int(n) for status, n in session.execute(stmt).all()}
