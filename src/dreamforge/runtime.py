@@ -23,6 +23,7 @@ from dreamforge.db.migrate import upgrade_to_head
 from dreamforge.db.session import (
     announce_commits,
     create_db_engine,
+    create_loop_read_engine,
     make_session_factory,
     on_commits,
     transaction,
@@ -93,6 +94,8 @@ class Runtime:
     webhook_policy: WebhookPolicy = field(default_factory=WebhookPolicy)
     deliveries: Deliveries | None = None
     webhook_queue: DeliveryQueue | None = None
+    # SQLite only: the engine of reads the API runs on its event loop (see `create_loop_read_engine`).
+    loop_reads: Engine | None = None
     _started: list[Service] = field(default_factory=list)
 
     @property
@@ -118,6 +121,8 @@ class Runtime:
         if self.deliveries is not None:
             self.deliveries.sender.close()
         self.db_engine.dispose()
+        if self.loop_reads is not None:
+            self.loop_reads.dispose()
 
 
 def store_serves_files(settings: Settings) -> bool:
@@ -266,6 +271,7 @@ class _Parts:
             webhook_policy=self.deliveries.sender.policy,
             deliveries=self.deliveries,
             webhook_queue=webhook_queue,
+            loop_reads=create_loop_read_engine(self.settings.database_url),
         )
 
     def worker_context(self) -> WorkerContext:

@@ -30,6 +30,7 @@ from dreamforge.api.schemas import (
     WebhookPayload,
 )
 from dreamforge.db import tables
+from dreamforge.jobs.repository import ItemRecord, JobRecord
 from dreamforge.jobs.stages import stage_plan, step_statuses
 from dreamforge.registry.hashing import autov2
 from dreamforge.registry.tiny import TINY_NOTE
@@ -60,7 +61,7 @@ def log_view(event: tables.JobEvent) -> LogEvent:
     )
 
 
-def job_view(job: tables.Job) -> JobStatusResponse:
+def job_view(job: tables.Job | JobRecord) -> JobStatusResponse:
     """A job's status document."""
     error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
     return JobStatusResponse(
@@ -84,7 +85,7 @@ def job_view(job: tables.Job) -> JobStatusResponse:
     )
 
 
-def _webhook_fields(job: tables.Job) -> dict[str, Any]:
+def _webhook_fields(job: tables.Job | JobRecord) -> dict[str, Any]:
     hook = webhook_of(job.params)
     if hook is None:
         return {}
@@ -153,7 +154,9 @@ def artifact_view(row: tables.Artifact, store: ArtifactStore, base_url: str) -> 
     )
 
 
-def progress_view(job: tables.Job, items: list[tables.JobItem]) -> ProgressResponse:
+def progress_view(
+    job: tables.Job | JobRecord, items: Sequence[tables.JobItem | ItemRecord]
+) -> ProgressResponse:
     """Overall progress is the mean of the items'; a succeeded job is exactly 1."""
     views = [
         ProgressItem(

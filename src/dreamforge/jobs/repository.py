@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
+from typing import Any, overload
 
-from sqlalchemy import ColumnElement, case, delete, func, select, update
+from sqlalchemy import ColumnElement, Connection, bindparam, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from dreamforge.db.tables import Artifact, Job, JobEvent, JobItem, WebhookDelivery, utcnow
@@ -16,6 +19,88 @@ from dreamforge.jobs.state import TERMINAL, JobStatus
 def get_job(session: Session, job_id: uuid.UUID) -> Job | None:
     """The job with this id, if any."""
     return session.get(Job, job_id)
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """An item's state as the status and progress documents show it."""
+
+    item_index: int
+    status: str
+    progress: float
+    seed: int | None
+    stage: str | None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job's row as the status and progress documents read it, without the ORM's bookkeeping.
+
+    The routes integrators poll read these: a Core row costs a fraction of an ORM load, and the
+    items are read only if a document asks for them.
+    """
+
+    id: uuid.UUID
+    type: str
+    status: str
+    params: dict[str, Any]
+    count: int
+    completed: int
+    attempts: int
+    model_id: uuid.UUID | None
+    api_key_id: uuid.UUID | None
+    error_code: str | None
+    error_message: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested_at: datetime | None
+    items: Sequence[ItemRecord] = field(repr=False, compare=False)
+
+
+_RECORD_COLUMNS = [Job.__table__.c[name] for name in JobRecord.__dataclass_fields__ if name != "items"]
+# Built once: a statement with a bound parameter compiles once and is reused from the cache.
+_JOB_RECORD = select(*_RECORD_COLUMNS).where(Job.__table__.c.id == bindparam("job_id"))
+_ITEM_RECORDS = (
+    select(JobItem.item_index, JobItem.status, JobItem.progress, JobItem.seed, JobItem.stage)
+    .where(JobItem.job_id == bindparam("job_id"))
+    .order_by(JobItem.item_index)
+)
+
+
+class _LazyItems(Sequence[ItemRecord]):
+    """A job's items, read on first use: most status documents never look at them."""
+
+    def __init__(self, load: Callable[[], list[ItemRecord]]) -> None:
+        self._load = load
+
+    @cached_property
+    def _items(self) -> list[ItemRecord]:
+        return self._load()
+
+    @overload
+    def __getitem__(self, index: int) -> ItemRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[ItemRecord]: ...
+    def __getitem__(self, index: int | slice) -> ItemRecord | Sequence[ItemRecord]:
+        return self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def job_record(connection: Connection, job_id: uuid.UUID) -> JobRecord | None:
+    """The job with this id as a `JobRecord` (its items read on first use, on the same connection)."""
+    row = connection.execute(_JOB_RECORD, {"job_id": job_id}).first()
+    if row is None:
+        return None
+    return JobRecord(**row._mapping, items=_LazyItems(lambda: item_records(connection, job_id)))
+
+
+def item_records(connection: Connection, job_id: uuid.UUID) -> list[ItemRecord]:
+    """A job's items by index, as `ItemRecord`s."""
+    return [ItemRecord(**row._mapping) for row in connection.execute(_ITEM_RECORDS, {"job_id": job_id})]
 
 
 def lock_job(session: Session, job_id: uuid.UUID) -> Job | None:
