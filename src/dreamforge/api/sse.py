@@ -9,9 +9,10 @@ the job they watch; the number of streams is bounded per job and per process.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
@@ -30,6 +31,8 @@ from dreamforge.runtime import Runtime
 
 # Safety net for a lost notification; normally streams wake within milliseconds.
 POLL_SECONDS = 1.0
+# An artifact URL signed for one stream is reused by the others for this long, at most.
+RESIGN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class StreamEvent:
     # The SSE frame, encoded once for all streams (None for artifact events, whose URL is per stream).
     frame: bytes | None
     artifact: tables.Artifact | None = None
+    # Artifact frames signed for each base URL, and when: the streams of one batch share one
+    # signature (signing per stream made an artifact batch cost twice any other in a crowd).
+    _signed: dict[str, tuple[float, bytes]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def final(self) -> bool:
@@ -52,11 +58,17 @@ class StreamEvent:
         """The SSE frame for a stream whose clients reach the API at `base_url`."""
         if self.frame is not None:
             return self.frame
+        now = time.monotonic()
+        signed = self._signed.get(base_url)
+        if signed is not None and now - signed[0] < RESIGN_SECONDS:
+            return signed[1]
         data = dict(self.data)
         if self.artifact is not None:
-            # Signed now, for this stream: a late subscriber never gets a stale URL.
+            # Signed now: a subscriber more than RESIGN_SECONDS late never gets an aged URL.
             data["artifact"] = artifact_view(self.artifact, runtime.store, base_url).model_dump(mode="json")
-        return _frame(self.id, self.kind, data)
+        frame = _frame(self.id, self.kind, data)
+        self._signed[base_url] = (now, frame)
+        return frame
 
 
 def _frame(event_id: int, kind: str, data: dict[str, Any]) -> bytes:
