@@ -98,11 +98,36 @@ def dreamforge(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
+def tiny_model_dir() -> Path:
+    """The tiny random-weight SDXL model's folder, built once for every benchmark and run (building it
+    takes half a minute here, most of it importing torch and diffusers)."""
+    folder = RESULTS / "tiny-sdxl"
+    if not (folder / "model_index.json").exists():
+        code = (
+            "import sys; from pathlib import Path; from dreamforge.registry.tiny import build_tiny_pipeline; "
+        )
+        code += "build_tiny_pipeline(Path(sys.argv[1]))"
+        subprocess.run([sys.executable, "-c", code, str(folder)], check=True)
+    return folder
+
+
 def ensure_tiny_model(env: dict[str, str]) -> None:
-    """The tiny random-weight SDXL model, built once into the data directory's registry."""
-    listed = json.loads(dreamforge(env, "model", "list"))
-    if not listed.get("models"):
-        dreamforge(env, "model", "create-tiny", "--name", "tiny-sdxl")
+    """The tiny model registered in the registry of `env`'s data directory (or DF_DB_URL), enabled."""
+    from dreamforge.db.migrate import upgrade_to_head
+    from dreamforge.db.session import create_db_engine, make_session_factory, transaction
+    from dreamforge.registry import repository as models_repo
+    from dreamforge.registry.install import register_tiny_model
+
+    url = env.get("DF_DB_URL") or f"sqlite:///{Path(env['DF_DATA_DIR']) / 'dreamforge.db'}"
+    Path(env["DF_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+    upgrade_to_head(url)
+    engine = create_db_engine(url)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            if models_repo.get_model_by_name(session, "tiny-sdxl") is None:
+                register_tiny_model(session, "tiny-sdxl", tiny_model_dir())
+    finally:
+        engine.dispose()
 
 
 @contextmanager
@@ -165,3 +190,26 @@ def record(result: Result) -> Result:
     print(json.dumps(result.details, indent=None)[:2000])
     print(result.line())
     return result
+
+
+def run_job(client: httpx.Client, root: str, body: dict[str, Any], poll: float = 0.02) -> tuple[str, float]:
+    """POST a job and poll `GET /v1/jobs/{id}` every `poll` seconds until it succeeds: its id and the
+    seconds from the POST to the answer that said `succeeded`. A job that fails or is canceled raises."""
+    started = time.perf_counter()
+    job_id = str(client.post(f"{root}/v1/jobs", json=body).raise_for_status().json()["job"]["id"])
+    while True:
+        job = client.get(f"{root}/v1/jobs/{job_id}").raise_for_status().json()
+        if job["status"] == "succeeded":
+            return job_id, time.perf_counter() - started
+        if job["status"] in ("failed", "canceled"):
+            raise RuntimeError(f"job {job_id} {job['status']}: {job.get('error')}")
+        time.sleep(poll)
+
+
+def drop_result(name: str) -> None:
+    """Remove `name` from bench/results/latest.json (a part that did not run leaves no stale result)."""
+    path = RESULTS / "latest.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        if data.get("benchmarks", {}).pop(name, None) is not None:
+            path.write_text(json.dumps(data, indent=2) + "\n")
