@@ -40,6 +40,19 @@ log = logging.getLogger(__name__)
 
 # The stages a job's time is split into, as the `stage` label of STAGE_SECONDS.
 STAGES = ("denoise", "upscale", "refine", "encode", "upload")
+# The phases of one job attempt, as the `phase` label of JOB_PHASE_SECONDS and in the job's timings log.
+JOB_PHASES = (
+    "queue_wait",
+    "claim",
+    "model",
+    "denoise",
+    "stages",
+    "encode",
+    "metadata",
+    "store",
+    "commits",
+    "total",
+)
 # `code` of outcomes that carry no error code (succeeded, canceled).
 NO_CODE = "none"
 # `route` of requests that matched no route (404s on unknown paths): raw paths would be unbounded.
@@ -64,6 +77,14 @@ STAGE_SECONDS = Histogram(
     "encode (one image with its recipe) and upload (one artifact put into the store).",
     ["stage"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+)
+JOB_PHASE_SECONDS = Histogram(
+    "dreamforge_job_phase_seconds",
+    "Seconds one job attempt spent per phase: queue_wait (created to claimed), claim, model (lookup and "
+    "load), denoise (engine calls), stages (upscale, refine), encode, metadata, store (artifact writes), "
+    "commits (the attempt's database transactions) and total (claimed to terminal status).",
+    ["phase"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
 )
 IMAGES = Counter(
     "dreamforge_images_total",
@@ -108,6 +129,8 @@ WEBHOOK_SECONDS = Histogram(
 # Series that exist from the start, so rate() and increase() see their first event.
 for _stage in STAGES:
     STAGE_SECONDS.labels(_stage)
+for _phase in JOB_PHASES:
+    JOB_PHASE_SECONDS.labels(_phase)
 for _status in (JobStatus.succeeded.value, JobStatus.canceled.value):
     JOBS.labels(_status, NO_CODE)
 

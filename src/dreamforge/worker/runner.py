@@ -15,11 +15,13 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from dreamforge.db.session import transaction
 from dreamforge.db.tables import Artifact, Job, Model, utcnow
@@ -121,6 +123,49 @@ class LeaseKeeper:
 
 
 @dataclass
+class JobTimings:
+    """Wall-clock milliseconds of one attempt's phases (`metrics.JOB_PHASES`), logged at its end.
+
+    `total` runs from the attempt's start to its final transaction; `queue_wait` (created to claimed)
+    comes before it. `commits` is the time in the attempt's transactions after the claim, taken out
+    of the phase they happened in (progress writes out of `denoise`), so no two phases overlap and
+    what `total` holds beyond their sum is the runner's own bookkeeping.
+    """
+
+    started: float = field(default_factory=time.perf_counter)
+    ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(metrics.JOB_PHASES, 0.0))
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the block's wall-clock time to `name`, less the commits made inside it."""
+        started, commits = time.perf_counter(), self.ms["commits"]
+        try:
+            yield
+        finally:
+            inner = self.ms["commits"] - commits if name != "commits" else 0.0
+            self.ms[name] += (time.perf_counter() - started) * 1000 - inner
+
+    @contextmanager
+    def transaction(self, sessions: sessionmaker[Session]) -> Iterator[Session]:
+        """`db.session.transaction`, its time (statements and commit) counted in `commits`."""
+        with self.phase("commits"), transaction(sessions) as s:
+            yield s
+
+    def stop(self) -> None:
+        """Close `total` at the current time."""
+        self.ms["total"] = (time.perf_counter() - self.started) * 1000
+
+    def line(self) -> str:
+        """The job's log line: every phase, in `metrics.JOB_PHASES` order."""
+        return "timings (ms): " + " ".join(f"{name}={self.ms[name]:.1f}" for name in metrics.JOB_PHASES)
+
+    def observe(self) -> None:
+        """Record every phase in `metrics.JOB_PHASE_SECONDS`."""
+        for name, value in self.ms.items():
+            metrics.JOB_PHASE_SECONDS.labels(name).observe(value / 1000)
+
+
+@dataclass
 class _Item:
     """One pending item of the job and the seed it renders with."""
 
@@ -131,10 +176,13 @@ class _Item:
 class _JobRun:
     """The rendering part of one attempt at one job: items in batches, each batch one engine call."""
 
-    def __init__(self, ctx: WorkerContext, job_id: uuid.UUID, lease: LeaseKeeper) -> None:
+    def __init__(
+        self, ctx: WorkerContext, job_id: uuid.UUID, lease: LeaseKeeper, timings: JobTimings
+    ) -> None:
         self.ctx = ctx
         self.job_id = job_id
         self.lease = lease
+        self.timings = timings
         self.deadline = time.monotonic() + ctx.settings.job_time_limit_seconds
         self.params: dict[str, Any] = {}
         self.count = 0
@@ -180,7 +228,7 @@ class _JobRun:
 
     def execute(self) -> None:
         upscaler_spec: ModelSpec | None = None
-        with self.ctx.sessions() as s:
+        with self.timings.phase("model"), self.ctx.sessions() as s:
             job = jobs_repo.get_job(s, self.job_id)
             assert job is not None
             self.params = dict(job.params)
@@ -212,9 +260,10 @@ class _JobRun:
             recorded = dict(items)
             done = {a.item_index for a in jobs_repo.list_artifacts(s, self.job_id, stage="final")}
 
-        engine = self.ctx.engine_for(provider)
-        self._log_load(spec.name, engine.load(spec))
-        self.runtime = engine.runtime_info()
+        with self.timings.phase("model"):
+            engine = self.ctx.engine_for(provider)
+            self._log_load(spec.name, engine.load(spec))
+            self.runtime = engine.runtime_info()
         self.plan = stage_plan(self.params)
         self.progress = {index: 1.0 if index in done else 0.0 for index in recorded}
 
@@ -228,9 +277,10 @@ class _JobRun:
             scheduler=self.params["scheduler"],
         )
         if upscale is not None and upscaler_spec is not None:
-            upscaler = self.ctx.upscaler()
-            self._log_load(upscaler_spec.name, upscaler.load(upscaler_spec))
-            self.upscaler_runtime = upscaler.runtime_info()
+            with self.timings.phase("model"):
+                upscaler = self.ctx.upscaler()
+                self._log_load(upscaler_spec.name, upscaler.load(upscaler_spec))
+                self.upscaler_runtime = upscaler.runtime_info()
             self.stages = [UpscaleStage(upscaler, upscaler_spec, int(upscale["scale"]))]
             if upscale["method"] == "refine":
                 refine = RefineRequest(denoise=float(upscale["denoise"]), steps=int(upscale["steps"]))
@@ -254,7 +304,8 @@ class _JobRun:
                 continue
             for position, (item, image) in enumerate(zip(batch, images, strict=True)):
                 with item_context(item.index):
-                    final = self._later_stages(item, image)
+                    with self.timings.phase("stages"):
+                        final = self._later_stages(item, image)
                     keep = image if self.stages and upscale and upscale.get("keep_base") else None
                     self._store_item(item, final, base=keep, batch_size=len(batch), position=position)
                 done.add(item.index)
@@ -263,14 +314,14 @@ class _JobRun:
     def _log_load(self, name: str, seconds: float) -> None:
         if seconds:
             metrics.MODEL_LOAD_SECONDS.observe(seconds)
-            with transaction(self.ctx.sessions) as s:
+            with self.timings.transaction(self.ctx.sessions) as s:
                 log_event(s, self.job_id, "info", f"model {name!r} loaded in {seconds:.2f}s")
 
     def _later_stages(self, item: _Item, image: Image.Image) -> Image.Image:
         """Run the job's stages after generation over one item's image; logs each start and end."""
         if not self.stages:
             return image
-        with transaction(self.ctx.sessions) as s:
+        with self.timings.transaction(self.ctx.sessions) as s:
             log_event(
                 s,
                 self.job_id,
@@ -280,7 +331,7 @@ class _JobRun:
             )
         for stage in self.stages:
             self.check()
-            with transaction(self.ctx.sessions) as s:
+            with self.timings.transaction(self.ctx.sessions) as s:
                 row = jobs_repo.get_item(s, self.job_id, item.index)
                 if row is not None:
                     row.stage = stage.name
@@ -294,7 +345,7 @@ class _JobRun:
             started = time.monotonic()
             image = stage.run(item.seed, image, self._reporter([item], stage.name))
             metrics.STAGE_SECONDS.labels(stage.name).observe(time.monotonic() - started)
-            with transaction(self.ctx.sessions) as s:
+            with self.timings.transaction(self.ctx.sessions) as s:
                 log_event(
                     s,
                     self.job_id,
@@ -318,7 +369,7 @@ class _JobRun:
             if seed is None:
                 seed = recorded[index] = item_seed(index, strategy, first)
             batch.append(_Item(index, seed))
-        with transaction(self.ctx.sessions) as s:
+        with self.timings.transaction(self.ctx.sessions) as s:
             for item in batch:
                 row = jobs_repo.get_item(s, self.job_id, item.index)
                 assert row is not None
@@ -333,7 +384,7 @@ class _JobRun:
         return batch
 
     def _retry_smaller(self, batch: list[_Item], batch_size: int, exc: OutOfMemory) -> None:
-        with transaction(self.ctx.sessions) as s:
+        with self.timings.transaction(self.ctx.sessions) as s:
             for item in batch:
                 row = jobs_repo.get_item(s, self.job_id, item.index)
                 if row is not None:
@@ -382,7 +433,7 @@ class _JobRun:
             if not (1 < step < total and now - last_emit < PROGRESS_INTERVAL_SECONDS):
                 last_emit = now
                 item_progress = self.plan.progress(stage, step, total)
-                with transaction(self.ctx.sessions) as s:
+                with self.timings.transaction(self.ctx.sessions) as s:
                     for item in items:
                         self.progress[item.index] = item_progress
                         row = jobs_repo.get_item(s, self.job_id, item.index)
@@ -402,21 +453,30 @@ class _JobRun:
     def _render_batch(
         self, engine: Engine, spec: ModelSpec, request: RenderRequest, batch: list[_Item]
     ) -> list[Image.Image]:
-        with metrics.stage_timer(DENOISE):
+        with metrics.stage_timer(DENOISE), self.timings.phase("denoise"):
             return engine.render(spec, request, [item.seed for item in batch], self._reporter(batch, DENOISE))
 
     def _encoded(self, item: _Item, image: Image.Image, *, stage: str, batch: dict[str, int]) -> bytes:
         """The item's image as stored: its recipe embedded unless the job said not to."""
+        fmt = self.params["format"]
+        if not self.params.get("embed_metadata", True):
+            with self.timings.phase("encode"):
+                return encode_image(image, fmt)
+        with self.timings.phase("metadata"):
+            infotext, recipe = self._recipe(item, stage=stage, batch=batch)
+        with self.timings.phase("encode"):
+            return encode_image(image, fmt, infotext, recipe)
+
+    def _recipe(self, item: _Item, *, stage: str, batch: dict[str, int]) -> tuple[str, dict[str, Any]]:
+        """The item's infotext and recipe, as its image embeds them."""
         params = self.params
-        if not params.get("embed_metadata", True):
-            return encode_image(image, params["format"])
         upscale = upscale_params(params)
         record = None
         if stage == "final" and upscale is not None:
             base_size = (params["width"], params["height"])
             record = upscale_record(dict(upscale), self.upscaler_info, self.upscaler_runtime, base_size)
         if self.model_info.get("kind") == REMOTE_KIND:
-            infotext, recipe = compose_remote(
+            return compose_remote(
                 job_id=self.job_id,
                 item_index=item.index,
                 count=self.count,
@@ -424,8 +484,7 @@ class _JobRun:
                 model=self.model_info,
                 runtime=self.runtime,
             )
-            return encode_image(image, params["format"], infotext, recipe)
-        infotext, recipe = compose(
+        return compose(
             job_id=self.job_id,
             item_index=item.index,
             count=self.count,
@@ -437,7 +496,6 @@ class _JobRun:
             upscale=record,
             stage=stage if upscale is not None else None,
         )
-        return encode_image(image, params["format"], infotext, recipe)
 
     def _store_item(
         self, item: _Item, image: Image.Image, *, base: Image.Image | None, batch_size: int, position: int
@@ -453,10 +511,10 @@ class _JobRun:
                 data = self._encoded(item, picture, stage=stage, batch=batch)
             key = artifact_key(self.job_id, item.index, fmt, stage)
             # Store first, then record: an artifact row always points at bytes that exist.
-            with metrics.stage_timer("upload"):
+            with metrics.stage_timer("upload"), self.timings.phase("store"):
                 self.ctx.store.put(key, data, CONTENT_TYPES[fmt])
             stored.append((stage, picture, key, data))
-        with transaction(self.ctx.sessions) as s:
+        with self.timings.transaction(self.ctx.sessions) as s:
             job = self.owned_job(s)
             for stage, picture, key, data in stored:
                 artifact = jobs_repo.get_artifact_for_item(s, self.job_id, item.index, stage)
@@ -536,33 +594,57 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
         return _run_job(ctx, job_id)
 
 
+def _claim(ctx: WorkerContext, job_id: uuid.UUID, timings: JobTimings) -> bool:
+    """Claim the job, settling an abandoned attempt of it first if need be (its queue wait noted in
+    `timings`); False if it is not ours to run."""
+    with transaction(ctx.sessions) as s:
+        if _claim_queued(ctx, s, job_id, timings):
+            return True
+    # A redelivered message may find its job still marked running by a worker that died: settle it
+    # (re-queued, or ended if out of attempts) and try again. Only here, so a queued job's claim,
+    # nearly every claim, costs one transaction.
+    with transaction(ctx.sessions) as s:
+        settle_abandoned(s, ctx.settings.max_attempts, job_id)
+    with transaction(ctx.sessions) as s:
+        if _claim_queued(ctx, s, job_id, timings):
+            return True
+        job = jobs_repo.get_job(s, job_id)
+        log.info("job %s not claimed (status %s)", job_id, job.status if job else "missing")
+        return False
+
+
+def _claim_queued(ctx: WorkerContext, s: Session, job_id: uuid.UUID, timings: JobTimings) -> bool:
+    """Stage queued -> running for this worker with the start's events; False if the job is not queued."""
+    settings = ctx.settings
+    if not jobs_repo.claim_job(s, job_id, ctx.worker_id, settings.lease_seconds):
+        return False
+    # The session is fresh, so this reads the row as the claim left it.
+    job = jobs_repo.get_job(s, job_id)
+    assert job is not None and job.started_at is not None
+    timings.ms["queue_wait"] = max(0.0, (job.started_at - job.created_at).total_seconds() * 1000)
+    add_event(s, job_id, EventKind.status, {"status": JobStatus.running.value})
+    log_event(
+        s, job_id, "info", f"started on {ctx.worker_id} (attempt {job.attempts} of {settings.max_attempts})"
+    )
+    # Sent once per job (a re-run after a crash does not start it again for the receiver).
+    stage_delivery(s, job, WebhookEvent.start)
+    return True
+
+
 def _run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
     settings = ctx.settings
-    with transaction(ctx.sessions) as s:
-        # A redelivered message may find its job still marked running by a worker that died.
-        settle_abandoned(s, settings.max_attempts, job_id)
-    with transaction(ctx.sessions) as s:
-        if not jobs_repo.claim_job(s, job_id, ctx.worker_id, settings.lease_seconds):
-            job = jobs_repo.get_job(s, job_id)
-            log.info("job %s not claimed (status %s)", job_id, job.status if job else "missing")
-            return None
-        job = jobs_repo.get_job(s, job_id)
-        assert job is not None
-        s.refresh(job)
-        attempts = job.attempts
-        add_event(s, job_id, EventKind.status, {"status": JobStatus.running.value})
-        log_event(
-            s, job_id, "info", f"started on {ctx.worker_id} (attempt {attempts} of {settings.max_attempts})"
-        )
-        # Sent once per job (a re-run after a crash does not start it again for the receiver).
-        stage_delivery(s, job, WebhookEvent.start)
+    timings = JobTimings()
+    with timings.phase("claim"):
+        claimed = _claim(ctx, job_id, timings)
+    if not claimed:
+        return None
     started = time.monotonic()
 
     status = JobStatus.succeeded
     code: ErrorCode | None = None
     message: str | None = None
     with LeaseKeeper(ctx, job_id) as lease:
-        run = _JobRun(ctx, job_id, lease)
+        run = _JobRun(ctx, job_id, lease, timings)
         try:
             run.execute()
         except JobLost:
@@ -611,10 +693,19 @@ def _run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
                 return JobStatus.queued
             log.exception("job %s crashed", job_id)
             status, code, message = JobStatus.failed, ErrorCode.engine_error, f"{type(exc).__name__}: {exc}"
+        final = time.perf_counter()
         try:
             with transaction(ctx.sessions) as s:
-                finish_job(s, run.owned_job(s), status, code, message)
+                job = run.owned_job(s)
+                timings.stop()
+                # In the status's own transaction: no commit of its own, and logged before `done`.
+                log_event(s, job_id, "info", timings.line())
+                finish_job(s, job, status, code, message)
         except JobLost:
             return None
+    # The histogram counts the final transaction too, which the line it carried could not.
+    timings.ms["commits"] += (time.perf_counter() - final) * 1000
+    timings.stop()
+    timings.observe()
     metrics.job_finished(status.value, code, time.monotonic() - started)
     return status
