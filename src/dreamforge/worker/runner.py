@@ -287,7 +287,9 @@ class _JobRun:
                 self.stages.append(RefineStage(engine, spec, request, refine))
 
         pending = [i for i in sorted(recorded) if i not in done]
-        batch_size = 1 if self.params.get("batch_invariant") else self.ctx.settings.max_batch
+        # A local engine names its device (the batch default differs on CPU); a remote one has none.
+        device = getattr(engine, "device", None)
+        batch_size = 1 if self.params.get("batch_invariant") else self.ctx.settings.batch_limit(device)
         while pending:
             self.check()
             batch = self._start_batch(pending[:batch_size], recorded)
