@@ -1,8 +1,14 @@
 """API throughput: `GET /v1/jobs/{id}`, `GET /v1/jobs/{id}/progress` and `POST /v1/jobs` at concurrency 32
 from a separate load process (bench/load.py), each interleaved with a bare FastAPI endpoint served by the
-same uvicorn on this machine (the ceiling). Targets: GET >= 0.5 of the ceiling, POST >= 0.25, no errors.
+same uvicorn on this machine (the ceiling). Targets: GET >= 0.5 of the ceiling, POST >= 0.25, no errors,
+in both topologies.
 
-    python bench/api_throughput.py [--rounds 3] [--seconds 8]
+Embedded: `dreamforge serve`; the reads poll a finished job, and the created jobs render (1 step, 64x64)
+on the in-process worker meanwhile: that contention is part of what a user of one box gets. Distributed:
+the API on Postgres, Redis and S3 with no worker, so what is measured is the API process alone; the
+reads poll a queued job and created jobs wait in the queue (deleted afterwards).
+
+    python bench/api_throughput.py [--rounds 3] [--seconds 8] [--only embedded|distributed]
 """
 
 from __future__ import annotations
@@ -12,15 +18,31 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-from common import ROOT, SMOKE, Result, embedded_service, free_port, median, process, record, run_job
+from common import (
+    ROOT,
+    SMOKE,
+    Result,
+    distributed_service,
+    embedded_service,
+    free_port,
+    median,
+    process,
+    record,
+    run_job,
+    services_reachable,
+)
 
 CONCURRENCY = 32
 TARGETS = {"get_job": 0.5, "get_progress": 0.5, "create_job": 0.25}
 JOB = {"type": "generate", "prompt": "a lighthouse", "width": 64, "height": 64, "steps": 1}
+# Lifts the queue cap, so creating thousands of jobs is never a 429.
+UNCAPPED = {"DF_MAX_QUEUED_JOBS": "0"}
 
 
 def _load(url: str, seconds: float, method: str = "GET", body: str | None = None) -> dict[str, Any]:
@@ -31,50 +53,48 @@ def _load(url: str, seconds: float, method: str = "GET", body: str | None = None
     return dict(json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=1 if SMOKE else 3)
-    parser.add_argument("--seconds", type=float, default=1.0 if SMOKE else 8.0)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="df-bench-") as tmp:
-        data_dir = Path(tmp) / "var"
-        ceiling_port = free_port()
-        ceiling_cmd = [sys.executable, str(ROOT / "bench" / "ceiling_app.py"), str(ceiling_port)]
-        ceiling_url = f"http://127.0.0.1:{ceiling_port}/ping"
-        # DF_MAX_QUEUED_JOBS=0 lifts the queue cap, so creating thousands of jobs is never a 429. In the
-        # embedded topology they also render (1 step, 64x64) on the in-process worker meanwhile: that
-        # contention is part of what a user of one box gets.
-        with (
-            process(ceiling_cmd, {}, ceiling_url, data_dir.parent / "ceiling.log"),
-            embedded_service(data_dir, DF_MAX_QUEUED_JOBS="0") as root,
-        ):
-            # Measured once the job has finished: the first job also loads the pipeline, which would
-            # otherwise compete with the first rounds.
-            job, _ = run_job(httpx.Client(timeout=60), root, JOB)
-            targets = {
-                "get_job": ("GET", f"{root}/v1/jobs/{job}", None),
-                "get_progress": ("GET", f"{root}/v1/jobs/{job}/progress", None),
-                "create_job": ("POST", f"{root}/v1/jobs", json.dumps(JOB)),
-            }
-            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
-            ceilings: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
-            # Route by route, so the reads are measured before the created jobs keep the worker busy.
-            for name, (method, url, body) in targets.items():
-                for _ in range(args.rounds):
-                    ceilings[name].append(_load(ceiling_url, args.seconds))
-                    runs[name].append(_load(url, args.seconds, method, body))
+@contextmanager
+def _service(topology: str, data_dir: Path) -> Iterator[tuple[str, str]]:
+    """The topology's API root and the id of the job the reads poll."""
+    if topology == "embedded":
+        with embedded_service(data_dir, **UNCAPPED) as root:
+            # Polled once finished: the first job also loads the pipeline, which would otherwise
+            # compete with the first rounds.
+            with httpx.Client(timeout=60) as client:
+                job, _ = run_job(client, root, JOB)
+            yield root, job
+    else:
+        with distributed_service(data_dir, workers=0, **UNCAPPED) as root:
+            job = httpx.post(f"{root}/v1/jobs", json=JOB, timeout=30).raise_for_status().json()["job"]["id"]
+            yield root, job
+
+
+def _measure(topology: str, root: str, job: str, ceiling_url: str, rounds: int, seconds: float) -> None:
+    targets = {
+        "get_job": ("GET", f"{root}/v1/jobs/{job}", None),
+        "get_progress": ("GET", f"{root}/v1/jobs/{job}/progress", None),
+        "create_job": ("POST", f"{root}/v1/jobs", json.dumps(JOB)),
+    }
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    ceilings: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    # Route by route, so the reads are measured before the created jobs keep the worker busy.
+    for name, (method, url, body) in targets.items():
+        for _ in range(rounds):
+            ceilings[name].append(_load(ceiling_url, seconds))
+            runs[name].append(_load(url, seconds, method, body))
     for name, target in TARGETS.items():
         ratios = [float(r["rps"]) / float(c["rps"]) for r, c in zip(runs[name], ceilings[name], strict=True)]
         errors = sum(int(r["errors"]) for r in runs[name])
         ratio = median(ratios)
         record(
             Result(
-                name=f"api_throughput.{name}",
+                name=f"api_throughput.{topology}.{name}",
                 ratio=ratio,
                 target=f">= {target} of the ceiling, 0 errors",
                 passed=ratio >= target and errors == 0,
                 unit="requests/s",
                 median=median([float(r["rps"]) for r in runs[name]]),
+                p95=median([float(r["p95_ms"]) for r in runs[name]]),
                 details={
                     "ceiling_rps": [c["rps"] for c in ceilings[name]],
                     "rps": [r["rps"] for r in runs[name]],
@@ -84,6 +104,26 @@ def main() -> None:
                 },
             )
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=1 if SMOKE else 3)
+    parser.add_argument("--seconds", type=float, default=1.0 if SMOKE else 6.0)
+    parser.add_argument("--only", choices=["embedded", "distributed"])
+    args = parser.parse_args()
+    topologies = [args.only] if args.only else ["embedded", "distributed"]
+    with tempfile.TemporaryDirectory(prefix="df-bench-") as tmp:
+        ceiling_port = free_port()
+        ceiling_cmd = [sys.executable, str(ROOT / "bench" / "ceiling_app.py"), str(ceiling_port)]
+        ceiling_url = f"http://127.0.0.1:{ceiling_port}/ping"
+        with process(ceiling_cmd, {}, ceiling_url, Path(tmp) / "ceiling.log"):
+            for topology in topologies:
+                if topology == "distributed" and (why := services_reachable()) is not None:
+                    print(f"distributed topology skipped: {why}")
+                    continue
+                with _service(topology, Path(tmp) / topology) as (root, job):
+                    _measure(topology, root, job, ceiling_url, args.rounds, args.seconds)
 
 
 if __name__ == "__main__":

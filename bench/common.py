@@ -7,6 +7,7 @@ absolute times drift, ratios of interleaved runs hold), and print their ratio on
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import signal
@@ -15,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -26,6 +28,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "bench" / "results"
+# The Celery queues a distributed stack gets its own copies of (by the DF_*QUEUE setting's infix).
+QUEUES = {"": "gpu.default", "WEBHOOK_": "webhooks", "REMOTE_": "remote.default"}
 # BENCH_SMOKE=1: tiny counts, to check that the scripts still work (CI), not to measure.
 SMOKE = os.environ.get("BENCH_SMOKE") == "1"
 
@@ -213,3 +217,77 @@ def drop_result(name: str) -> None:
         data = json.loads(path.read_text())
         if data.get("benchmarks", {}).pop(name, None) is not None:
             path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+REDIS_URL = os.environ.get("DF_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def services_reachable() -> str | None:
+    """Why the distributed topology cannot run here, or None when Postgres and Redis answer."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import psycopg
+    import redis
+    from conftest import PG_ADMIN_URL
+
+    try:
+        admin = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+        psycopg.connect(admin, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        return f"PostgreSQL unreachable on loopback ({exc})"
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return f"Redis unreachable on loopback ({exc})"
+    finally:
+        client.close()
+    return None
+
+
+@contextmanager
+def distributed_service(data_dir: Path, *, workers: int = 1, **extra: str) -> Iterator[str]:
+    """API + `workers` Celery workers on a fresh Postgres database, Redis and moto's S3, with the tiny
+    model; yields the API's root URL. Built from the tests' parts, with production leases and sweeps.
+
+    With no worker, jobs wait in the queue: what the API alone serves. The queues are deleted after.
+    """
+    sys.path.insert(0, str(ROOT / "tests"))
+    import redis
+    from conftest import pg_database, register_tiny
+    from s3_server import MotoS3
+    from support import ServerProcess, WorkerProcess, cli_env
+
+    tag = uuid.uuid4().hex[:8]
+    queues = {f"DF_{kind}QUEUE": f"{name}.bench-{tag}" for kind, name in QUEUES.items()}
+    # moto's server runs in this process; its request log would bury the results.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    s3 = MotoS3().start()
+    try:
+        with pg_database() as db_url:
+            register_tiny(db_url, tiny_model_dir())
+            env = cli_env(
+                data_dir,
+                DF_DB_URL=db_url,
+                DF_REDIS_URL=REDIS_URL,
+                DF_SIGNING_SECRET="bench-secret",
+                DF_METRICS_PORT="0",
+                **queues,
+                **extra,
+                **s3.env(f"df-bench-{tag}"),
+            )
+            data_dir.mkdir(parents=True, exist_ok=True)
+            api = ServerProcess(data_dir=data_dir, env=env).start()
+            started = [WorkerProcess(data_dir=data_dir, env=env) for _ in range(workers)]
+            try:
+                for worker in started:
+                    worker.start()
+                yield api.root
+            finally:
+                for worker in started:
+                    worker.stop()
+                api.stop()
+                client = redis.Redis.from_url(REDIS_URL)
+                client.delete(*queues.values())
+                client.close()
+    finally:
+        s3.stop()
