@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -54,6 +54,7 @@ from dreamforge.registry.install import REMOTE_KIND
 from dreamforge.storage.base import CONTENT_TYPES, artifact_key
 from dreamforge.webhooks.outbox import WebhookEvent, stage_delivery
 from dreamforge.worker.context import WorkerContext
+from dreamforge.worker.progress import ProgressWriter, StepReport
 from dreamforge.worker.stages import ItemStage, RefineStage, UpscaleStage, upscale_record
 
 if TYPE_CHECKING:
@@ -146,10 +147,15 @@ class JobTimings:
             self.ms[name] += (time.perf_counter() - started) * 1000 - inner
 
     @contextmanager
-    def transaction(self, sessions: sessionmaker[Session]) -> Iterator[Session]:
-        """`db.session.transaction`, its time (statements and commit) counted in `commits`."""
-        with self.phase("commits"), transaction(sessions) as s:
-            yield s
+    def transaction(
+        self, sessions: sessionmaker[Session], before: Callable[[], None] | None = None
+    ) -> Iterator[Session]:
+        """`db.session.transaction` after `before()`, their time counted in `commits`."""
+        with self.phase("commits"):
+            if before is not None:
+                before()
+            with transaction(sessions) as s:
+                yield s
 
     def stop(self) -> None:
         """Close `total` at the current time."""
@@ -196,10 +202,21 @@ class _JobRun:
         self.upscaler_info: dict[str, Any] = {}
         self.upscaler_runtime: dict[str, str] = {}
         self._cancel_checked = 0.0
+        # Started by `execute`: writes step progress off the render thread.
+        self.writer: ProgressWriter | None = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        """A transaction of this run, once the progress reported so far is written (events in order)."""
+        flush = self.writer.flush if self.writer is not None else None
+        with self.timings.transaction(self.ctx.sessions, before=flush) as s:
+            yield s
 
     def check(self) -> None:
         """Stop between steps if the job was canceled or taken away, the worker stops, or time ran out."""
         self._check_worker()
+        if self.writer is not None and self.writer.canceled.is_set():
+            raise JobCanceled
         now = time.monotonic()
         if now - self._cancel_checked >= CANCEL_POLL_SECONDS:
             self._cancel_checked = now
@@ -227,6 +244,13 @@ class _JobRun:
         return job
 
     def execute(self) -> None:
+        self.writer = ProgressWriter(self._write_progress, name=f"progress-{self.job_id}")
+        try:
+            self._execute()
+        finally:
+            self.writer.close()
+
+    def _execute(self) -> None:
         upscaler_spec: ModelSpec | None = None
         with self.timings.phase("model"), self.ctx.sessions() as s:
             job = jobs_repo.get_job(s, self.job_id)
@@ -316,14 +340,14 @@ class _JobRun:
     def _log_load(self, name: str, seconds: float) -> None:
         if seconds:
             metrics.MODEL_LOAD_SECONDS.observe(seconds)
-            with self.timings.transaction(self.ctx.sessions) as s:
+            with self._transaction() as s:
                 log_event(s, self.job_id, "info", f"model {name!r} loaded in {seconds:.2f}s")
 
     def _later_stages(self, item: _Item, image: Image.Image) -> Image.Image:
         """Run the job's stages after generation over one item's image; logs each start and end."""
         if not self.stages:
             return image
-        with self.timings.transaction(self.ctx.sessions) as s:
+        with self._transaction() as s:
             log_event(
                 s,
                 self.job_id,
@@ -333,7 +357,7 @@ class _JobRun:
             )
         for stage in self.stages:
             self.check()
-            with self.timings.transaction(self.ctx.sessions) as s:
+            with self._transaction() as s:
                 row = jobs_repo.get_item(s, self.job_id, item.index)
                 if row is not None:
                     row.stage = stage.name
@@ -347,7 +371,7 @@ class _JobRun:
             started = time.monotonic()
             image = stage.run(item.seed, image, self._reporter([item], stage.name))
             metrics.STAGE_SECONDS.labels(stage.name).observe(time.monotonic() - started)
-            with self.timings.transaction(self.ctx.sessions) as s:
+            with self._transaction() as s:
                 log_event(
                     s,
                     self.job_id,
@@ -371,7 +395,7 @@ class _JobRun:
             if seed is None:
                 seed = recorded[index] = item_seed(index, strategy, first)
             batch.append(_Item(index, seed))
-        with self.timings.transaction(self.ctx.sessions) as s:
+        with self._transaction() as s:
             for item in batch:
                 row = jobs_repo.get_item(s, self.job_id, item.index)
                 assert row is not None
@@ -386,7 +410,7 @@ class _JobRun:
         return batch
 
     def _retry_smaller(self, batch: list[_Item], batch_size: int, exc: OutOfMemory) -> None:
-        with self.timings.transaction(self.ctx.sessions) as s:
+        with self._transaction() as s:
             for item in batch:
                 row = jobs_repo.get_item(s, self.job_id, item.index)
                 if row is not None:
@@ -400,7 +424,20 @@ class _JobRun:
                 f"retrying the remaining items {batch_size} at a time (slower, same images)",
             )
 
-    def _progress_event(self, s: Session, item_index: int, stage: str, step: int, total: int) -> None:
+    def _write_progress(self, reports: Mapping[int, StepReport]) -> bool:
+        """The progress writer's transaction: the items' progress and events; True if canceled."""
+        with transaction(self.ctx.sessions) as s:
+            for index, report in reports.items():
+                row = jobs_repo.get_item(s, self.job_id, index)
+                if row is not None:
+                    row.progress = report.progress
+                self._progress_event(s, index, report.stage, report.step, report.total, report.progress)
+            # The cancel flag rides on the progress write: one round trip per interval, not two.
+            return jobs_repo.cancel_requested(s, self.job_id)
+
+    def _progress_event(
+        self, s: Session, item_index: int, stage: str, step: int, total: int, progress: float | None = None
+    ) -> None:
         add_event(
             s,
             self.job_id,
@@ -408,7 +445,7 @@ class _JobRun:
             {
                 "item_index": item_index,
                 "stage": stage,
-                "progress": round(self.progress[item_index], 4),
+                "progress": round(self.progress[item_index] if progress is None else progress, 4),
                 "step": step,
                 "steps": total,
                 "overall": round(sum(self.progress.values()) / max(self.count, 1), 4),
@@ -435,20 +472,14 @@ class _JobRun:
             if not (1 < step < total and now - last_emit < PROGRESS_INTERVAL_SECONDS):
                 last_emit = now
                 item_progress = self.plan.progress(stage, step, total)
-                with self.timings.transaction(self.ctx.sessions) as s:
-                    for item in items:
-                        self.progress[item.index] = item_progress
-                        row = jobs_repo.get_item(s, self.job_id, item.index)
-                        if row is not None:
-                            row.progress = item_progress
-                        self._progress_event(s, item.index, stage, step, total)
-                    # The cancel flag rides on the progress write: one round trip per interval, not two.
-                    canceled = jobs_repo.cancel_requested(s, self.job_id)
+                for item in items:
+                    self.progress[item.index] = item_progress
+                assert self.writer is not None
+                report = StepReport(stage, step, total, item_progress)
+                self.writer.report(dict.fromkeys((item.index for item in items), report))
+                # The writer reads the cancel flag with each write.
                 self._cancel_checked = now
-                if canceled:
-                    raise JobCanceled
-            else:
-                self.check()
+            self.check()
 
         return on_step
 
@@ -516,7 +547,7 @@ class _JobRun:
             with metrics.stage_timer("upload"), self.timings.phase("store"):
                 self.ctx.store.put(key, data, CONTENT_TYPES[fmt])
             stored.append((stage, picture, key, data))
-        with self.timings.transaction(self.ctx.sessions) as s:
+        with self._transaction() as s:
             job = self.owned_job(s)
             for stage, picture, key, data in stored:
                 artifact = jobs_repo.get_artifact_for_item(s, self.job_id, item.index, stage)
