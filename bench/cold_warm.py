@@ -19,7 +19,6 @@ alternately with the tiny one by the same SDXLEngine.load; the two sizes give th
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import re
 import shutil
@@ -157,32 +156,13 @@ def _build_large(tiny: Path, dest: Path) -> Path:
     pipeline."""
     import torch
 
-    from dreamforge.registry.tiny import ADD_TIME_DIM, ADD_TIME_IDS, TE1_WIDTH, TE2_PROJECTION, TE2_WIDTH
+    from dreamforge.registry.tiny import tiny_unet
 
-    diffusers: Any = importlib.import_module("diffusers")
     shutil.copytree(tiny, dest)
-    tiny_unet = json.loads((tiny / "unet" / "config.json").read_text())
-    if list(tiny_unet["block_out_channels"]) != [16, 32]:
-        raise RuntimeError("registry/tiny.py's UNet changed: update _build_large to match it")
+    narrow = json.loads((tiny / "unet" / "config.json").read_text())["block_out_channels"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        unet = diffusers.UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            block_out_channels=(256, 512),
-            layers_per_block=2,
-            attention_head_dim=(2, 4),
-            transformer_layers_per_block=(1, 2),
-            cross_attention_dim=TE1_WIDTH + TE2_WIDTH,
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=ADD_TIME_DIM,
-            projection_class_embeddings_input_dim=TE2_PROJECTION + ADD_TIME_IDS * ADD_TIME_DIM,
-            norm_num_groups=8,
-        )
+        unet = tiny_unet(block_out_channels=(16 * narrow[0], 16 * narrow[1]))
     shutil.rmtree(dest / "unet")
     unet.save_pretrained(dest / "unet", safe_serialization=True)
     return dest

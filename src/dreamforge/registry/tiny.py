@@ -65,6 +65,31 @@ def _write_bpe_files(folder: Path, vocab: dict[str, int], merges: list[tuple[str
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def tiny_unet(block_out_channels: tuple[int, int] = (16, 32)) -> Any:
+    """The tiny pipeline's SDXL-architecture UNet with random weights (seed torch first to fix them);
+    wider `block_out_channels` make a bigger model of the same shape (bench/cold_warm.py)."""
+    import importlib
+
+    dif: Any = importlib.import_module("diffusers")
+    return dif.UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=block_out_channels,
+        layers_per_block=2,
+        attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 2),
+        cross_attention_dim=TE1_WIDTH + TE2_WIDTH,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=ADD_TIME_DIM,
+        projection_class_embeddings_input_dim=TE2_PROJECTION + ADD_TIME_IDS * ADD_TIME_DIM,
+        norm_num_groups=8,
+    )
+
+
 def build_tiny_pipeline(dest: Path, *, seed: int = 0) -> Path:
     """Write a tiny random-weight SDXL pipeline (safetensors) to ``dest`` and return ``dest``.
 
@@ -132,23 +157,7 @@ def build_tiny_pipeline(dest: Path, *, seed: int = 0) -> Path:
         seeded(2)
         text_encoder_2 = tfm.CLIPTextModelWithProjection(te2_config)
         seeded(3)
-        unet = dif.UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            block_out_channels=(16, 32),
-            layers_per_block=2,
-            attention_head_dim=(2, 4),
-            transformer_layers_per_block=(1, 2),
-            cross_attention_dim=TE1_WIDTH + TE2_WIDTH,
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=ADD_TIME_DIM,
-            projection_class_embeddings_input_dim=TE2_PROJECTION + ADD_TIME_IDS * ADD_TIME_DIM,
-            norm_num_groups=8,
-        )
+        unet = tiny_unet()
         seeded(4)
         vae = dif.AutoencoderKL(
             in_channels=3,
