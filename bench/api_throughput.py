@@ -109,7 +109,7 @@ def _measure(topology: str, root: str, job: str, ceiling_url: str, rounds: int, 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=1 if SMOKE else 3)
-    parser.add_argument("--seconds", type=float, default=1.0 if SMOKE else 6.0)
+    parser.add_argument("--seconds", type=float, default=1.0 if SMOKE else 4.0)
     parser.add_argument("--only", choices=["embedded", "distributed"])
     args = parser.parse_args()
     topologies = [args.only] if args.only else ["embedded", "distributed"]
