@@ -365,16 +365,7 @@ def _resume_drop(endpoint: str, size: int, sha256: str, work: Path) -> dict[str,
     root = work / "drop"
     _post(endpoint, "/control/reset")
     _post(endpoint, f"/control/fault?mode=drop&after={size // 2}")
-    with cli_client() as client:
-        got = our_download(endpoint, root, client)
-    assert (got.size, got.sha256) == (size, sha256), "the resumed download is not the file"
-    got.path.unlink()
-    sent = _sent(endpoint)
-    return {
-        "refetched_bytes": int(sent["total"]) - size,
-        "requests": sent["requests"],
-        "received_in_run": got.fetched_bytes,
-    }
+    return _download_to_the_end(endpoint, root, size, sha256)
 
 
 def _resume_kill(endpoint: str, size: int, sha256: str, work: Path) -> dict[str, Any]:
@@ -410,6 +401,11 @@ def _resume_kill(endpoint: str, size: int, sha256: str, work: Path) -> dict[str,
         proc.wait(10)
         if proc.stderr is not None:
             proc.stderr.close()
+    return {**_download_to_the_end(endpoint, root, size, sha256), "part_bytes_at_kill": kept_at_kill}
+
+
+def _download_to_the_end(endpoint: str, root: Path, size: int, sha256: str) -> dict[str, Any]:
+    """Run our downloader into `root` until the file is whole and verified; what the server sent."""
     with cli_client() as client:
         got = our_download(endpoint, root, client)
     assert (got.size, got.sha256) == (size, sha256), "the resumed download is not the file"
@@ -418,7 +414,7 @@ def _resume_kill(endpoint: str, size: int, sha256: str, work: Path) -> dict[str,
     return {
         "refetched_bytes": int(sent["total"]) - size,
         "requests": sent["requests"],
-        "part_bytes_at_kill": kept_at_kill,
+        "received_in_run": got.fetched_bytes,
     }
 
 
