@@ -1,7 +1,8 @@
 """`dreamforge job cancel` as a user runs it: the real CLI as a subprocess against a real server.
 
-Runs against both topologies (the `server` fixture). A "long" job is 3 items of 200 steps: long
-enough to still be rendering when the cancel arrives, which stops it within one step.
+Runs against both topologies (the `server` fixture). A "long" job is 3 items of 200 steps at 128x128,
+rendered one after another (`--batch-invariant`): long enough to still be rendering when the cancel
+arrives (a CLI process that starts in seconds on a busy machine), which stops it within one step.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import httpx
 from PIL import Image
 from support import DREAMFORGE, ROOT, df, wait_until
 
-LONG = ["--width", "64", "--height", "64", "--steps", "200", "--count", "3"]
+LONG = ["--width", "128", "--height", "128", "--steps", "200", "--count", "3", "--batch-invariant"]
 SMALL = ["--width", "64", "--height", "64", "--steps", "3"]
 
 
@@ -74,7 +75,7 @@ def test_cancel_wait_stops_a_running_job_and_keeps_finished_items(
         assert record["downloaded"] is True
         data = Path(record["path"]).read_bytes()
         assert len(data) == record["size_bytes"]
-        assert Image.open(io.BytesIO(data)).size == (64, 64)
+        assert Image.open(io.BytesIO(data)).size == (128, 128)
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{r['item_index']}.png" for r in records)
 
     # The commands that follow a job to its end exit 4 for a canceled one, not as an error.

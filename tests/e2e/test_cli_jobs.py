@@ -37,7 +37,7 @@ def test_create_wait_then_download_artifacts(env: dict[str, str], tmp_path: Path
     run = df(
         env,
         "job", "create", "--prompt", "a lighthouse at dawn", "--negative-prompt", "blurry",
-        *SMALL, "--count", "2", "--seed", "42", "--wait",
+        *SMALL, "--count", "2", "--seed", "42", "--batch-invariant", "--wait",
     )  # fmt: skip
     assert run.code == 0, run.stderr
     job, listed = run.json["job"], run.json["artifacts"]
@@ -66,6 +66,9 @@ def test_create_wait_then_download_artifacts(env: dict[str, str], tmp_path: Path
         assert (prompt, negative) == ("a lighthouse at dawn", "blurry")
         assert params["Seed"] == str(record["seed"])
         assert params["Size"] == "64x64"
+        # --batch-invariant: each item rendered alone, as its recipe records.
+        recipe = read_metadata(data).recipe or {}
+        assert (recipe["batch_invariant"], recipe["batch"]["size"]) == (True, 1)
     assert records[0]["seed"] == 42
 
     # Again: both files are there with the right size, so nothing is fetched.
@@ -81,7 +84,8 @@ def test_create_wait_then_download_artifacts(env: dict[str, str], tmp_path: Path
 
     run = df(env, "job", "artifacts", job["id"], "--download", str(out), "--output", "table")
     assert run.code == 0, run.stderr
-    assert "1.png" in run.stdout and "10," in run.stdout
+    # A long path wraps inside its column: read the table without its line breaks and padding.
+    assert "1.png" in "".join(run.stdout.split()) and "10," in run.stdout
     assert max(len(line) for line in run.stdout.splitlines()) <= 80
 
 

@@ -295,6 +295,12 @@ def create(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of item 0 (default: random).")] = None,
     count: Annotated[int | None, typer.Option(help="Number of images (server default 1).")] = None,
+    batch_invariant: Annotated[
+        bool,
+        typer.Option(
+            "--batch-invariant", help="Render each item alone: identical to its --count 1 render, slower."
+        ),
+    ] = False,
     model_id: Annotated[
         uuid.UUID | None, typer.Option(help="Model to use (default: the server's default model).")
     ] = None,
@@ -368,6 +374,7 @@ def create(
         "embed_metadata": embed_metadata,
         "seed": seed,
         "count": count,
+        "batch_invariant": batch_invariant or None,
         "model_id": str(model_id) if model_id else None,
         "provider": provider,
     }
