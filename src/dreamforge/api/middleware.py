@@ -87,7 +87,18 @@ class RequestLimitsMiddleware:
             )
             await response(scope, receive, send)
             return
-        declared = next((value for name, value in headers if name == b"content-length"), None)
+        declared = None
+        chunked = False
+        for name, value in headers:
+            if name == b"content-length":
+                declared = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        if declared is None and not chunked:
+            # No Content-Length and no Transfer-Encoding: the request has no body (RFC 9112 6.3), as
+            # nearly every GET; reading one here would cost each polled read a receive and a wrapper.
+            await self.app(scope, receive, send)
+            return
         if declared is not None:
             # The server reads no more than the declared length, so checking it is enough.
             if not declared.isdigit() or int(declared) <= self.max_body_bytes:

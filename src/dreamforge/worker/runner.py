@@ -62,8 +62,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Progress events are throttled: enough for a smooth bar, few enough to keep the event log small.
-PROGRESS_INTERVAL_SECONDS = 0.1
+# Progress events are throttled: enough for a smooth bar (4 a second, plus each call's first and last
+# step), few enough to keep the event log small. Each is a transaction and a wake-up of every stream,
+# which on a CPU-bound box take cores from the render itself (bench/serving_overhead.py).
+PROGRESS_INTERVAL_SECONDS = 0.25
 # A running job reads its cancel flag from the database at most this often, from the step callback:
 # one indexed read per interval, in every topology, with no channel that could drop the request.
 CANCEL_POLL_SECONDS = 0.1
