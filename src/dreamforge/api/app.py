@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from dreamforge import __version__
 from dreamforge.api.errors import install_error_handlers
 from dreamforge.api.middleware import RequestIdMiddleware, RequestLimitsMiddleware
+from dreamforge.api.polled import PolledReadsMiddleware
 from dreamforge.api.routes import files, health, jobs, metrics, models, webhooks
 from dreamforge.config import Settings
 from dreamforge.observability.http import HttpMetricsMiddleware
@@ -44,6 +45,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         servers=[{"url": "/", "description": "This server; paths carry the /v1 prefix"}],
     )
     install_error_handlers(app)
+    # Innermost of ours, so the limits, the request id and the metrics see the polls it serves.
+    app.add_middleware(
+        PolledReadsMiddleware,
+        routes=[("/v1/jobs/{id}", jobs.get), ("/v1/jobs/{id}/progress", jobs.progress)],
+    )
     # Added before the request-id middleware, so it runs inside it: refusals carry the request id.
     app.add_middleware(
         RequestLimitsMiddleware,

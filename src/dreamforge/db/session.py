@@ -57,7 +57,14 @@ def create_loop_read_engine(url: str) -> Engine | None:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return None
-    engine = create_engine(url, poolclass=SingletonThreadPool, connect_args={"check_same_thread": False})
+    # No rollback when a connection goes back to the pool: the driver opens no transaction for a
+    # SELECT (it begins one only before a write), so a read leaves nothing to roll back.
+    engine = create_engine(
+        url,
+        poolclass=SingletonThreadPool,
+        pool_reset_on_return=None,
+        connect_args={"check_same_thread": False},
+    )
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 

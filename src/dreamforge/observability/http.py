@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -44,6 +45,10 @@ class HttpMetricsMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # The labelled series, kept: prometheus_client validates and locks on every `labels()` call,
+        # a cost every polled request paid twice. Bounded by methods x route templates x statuses.
+        self._seconds: dict[tuple[str, str], Any] = {}
+        self._responses: dict[tuple[str, str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,5 +69,13 @@ class HttpMetricsMiddleware:
             method = scope.get("method", "")
             method = method if method in _METHODS else "other"
             route = route_template(scope)
-            HTTP_SECONDS.labels(method, route).observe(time.perf_counter() - started)
-            HTTP_RESPONSES.labels(method, route, str(status)).inc()
+            timed = self._seconds.get((method, route))
+            if timed is None:
+                timed = self._seconds[(method, route)] = HTTP_SECONDS.labels(method, route)
+            timed.observe(time.perf_counter() - started)
+            counted = self._responses.get((method, route, str(status)))
+            if counted is None:
+                counted = self._responses[(method, route, str(status))] = HTTP_RESPONSES.labels(
+                    method, route, str(status)
+                )
+            counted.inc()

@@ -1,0 +1,99 @@
+"""The polled reads' short way (`api.polled`) answers exactly as the routes do, refusals included."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import register_tiny
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from dreamforge.accounts.service import issue_key
+from dreamforge.api.app import create_app
+from dreamforge.api.polled import PolledReadsMiddleware
+from dreamforge.api.schemas import JobCreateRequest
+from dreamforge.config import Settings
+from dreamforge.db.session import transaction
+from dreamforge.jobs.service import create_job
+from dreamforge.runtime import Runtime, build_runtime
+
+
+def _app(settings: Settings, runtime: Runtime, *, short_way: bool) -> FastAPI:
+    # No lifespan: the runtime is shared and never started, so the job below stays queued.
+    app = create_app(settings, runtime)
+    if not short_way:
+        app.user_middleware = [m for m in app.user_middleware if m.cls != PolledReadsMiddleware]  # type: ignore[comparison-overlap]
+    app.state.runtime = runtime
+    return app
+
+
+@pytest.fixture
+def clients(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[TestClient, TestClient, dict[str, Any]]]:
+    """(short way, routes only, {job, owner's key, other key}) over one database."""
+    settings = Settings(data_dir=tmp_path, auth="required", signing_secret="polled-secret")
+    register_tiny(settings.database_url, tiny_model_dir)
+    runtime = build_runtime(settings)
+    try:
+        with transaction(runtime.sessions) as s:
+            owner, owner_key = issue_key(s, settings.url_signing_key, name="owner")
+            _, other_key = issue_key(s, settings.url_signing_key, name="other")
+            request = JobCreateRequest(type="generate", prompt="a lighthouse", width=64, height=64)
+            job, _ = create_job(s, request, None, providers=runtime.providers, owner=owner.id)
+        facts = {"job": str(job.id), "owner": owner_key, "other": other_key}
+        fast = TestClient(_app(settings, runtime, short_way=True), raise_server_exceptions=False)
+        plain = TestClient(_app(settings, runtime, short_way=False), raise_server_exceptions=False)
+        yield fast, plain, facts
+    finally:
+        runtime.close()
+
+
+def _seen(client: TestClient, path: str, key: str | None) -> tuple[int, str, Any]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    answer = client.get(path, headers=headers)
+    body = answer.json()
+    if isinstance(body, dict):
+        body.pop("correlation_id", None)  # a fresh request id per request
+    return answer.status_code, answer.headers["content-type"], body
+
+
+def test_every_poll_is_answered_as_the_route_answers_it(
+    clients: tuple[TestClient, TestClient, dict[str, Any]],
+) -> None:
+    fast, plain, facts = clients
+    job, owner, other = facts["job"], facts["owner"], facts["other"]
+    cases = [
+        (f"/v1/jobs/{job}", owner, 200),
+        (f"/v1/jobs/{job}/progress", owner, 200),
+        (f"/v1/jobs/{job.upper()}", owner, 200),
+        (f"/v1/jobs/{job}?verbose=1", owner, 200),
+        (f"/v1/jobs/{job.replace('-', '')}", owner, 200),  # pydantic's spelling: the route's to judge
+        (f"/v1/jobs/{job}", other, 404),  # another key's job is as good as unknown
+        (f"/v1/jobs/{job}/progress", None, 401),
+        (f"/v1/jobs/{job}", "df_live_not-a-key", 401),
+        (f"/v1/jobs/{uuid.uuid4()}", owner, 404),
+        ("/v1/jobs/not-a-uuid/progress", owner, 422),
+    ]
+    for path, key, status in cases:
+        seen = _seen(fast, path, key)
+        assert seen == _seen(plain, path, key), path
+        assert seen[0] == status, (path, seen)
+    status, _, body = _seen(fast, f"/v1/jobs/{job}", owner)
+    assert (body["id"], body["status"]) == (job, "queued")
+
+
+def test_polls_served_the_short_way_are_counted_under_their_route(
+    clients: tuple[TestClient, TestClient, dict[str, Any]],
+) -> None:
+    fast, _, facts = clients
+    for path in (f"/v1/jobs/{facts['job']}", f"/v1/jobs/{facts['job']}/progress"):
+        assert fast.get(path, headers={"Authorization": f"Bearer {facts['owner']}"}).status_code == 200
+        answer = fast.get(path, headers={"X-Request-Id": "poll-1", "X-API-Key": facts["owner"]})
+        assert answer.headers["x-request-id"] == "poll-1"
+    metrics = fast.get("/metrics").text
+    for route in ("/v1/jobs/{id}", "/v1/jobs/{id}/progress"):
+        line = f'dreamforge_http_responses_total{{method="GET",route="{route}",status="200"}}'
+        assert line in metrics, route
