@@ -24,6 +24,7 @@ from dreamforge.db.session import (
     announce_commits,
     create_db_engine,
     create_loop_read_engine,
+    create_poll_read_engine,
     make_session_factory,
     on_commits,
     transaction,
@@ -96,6 +97,8 @@ class Runtime:
     webhook_queue: DeliveryQueue | None = None
     # SQLite only: the engine of reads the API runs on its event loop (see `create_loop_read_engine`).
     loop_reads: Engine | None = None
+    # Postgres only: the engine of the polled reads (see `create_poll_read_engine`).
+    poll_reads: Engine | None = None
     _started: list[Service] = field(default_factory=list)
 
     @property
@@ -121,8 +124,9 @@ class Runtime:
         if self.deliveries is not None:
             self.deliveries.sender.close()
         self.db_engine.dispose()
-        if self.loop_reads is not None:
-            self.loop_reads.dispose()
+        for engine in (self.loop_reads, self.poll_reads):
+            if engine is not None:
+                engine.dispose()
 
 
 def store_serves_files(settings: Settings) -> bool:
@@ -272,6 +276,7 @@ class _Parts:
             deliveries=self.deliveries,
             webhook_queue=webhook_queue,
             loop_reads=create_loop_read_engine(self.settings.database_url),
+            poll_reads=create_poll_read_engine(self.settings.database_url),
         )
 
     def worker_context(self) -> WorkerContext:

@@ -90,8 +90,9 @@ async def polled_read(request: Request, query: Callable[[Connection, Principal],
     Integrators poll these routes, so they skip what costs more than their query: dependency
     injection (solving the runtime and caller as dependencies takes a third of such a request), a
     second thread hop to authenticate, and an ORM session. With SQLite the work runs on the event
-    loop (`Runtime.loop_reads`); with Postgres in one worker-thread hop. Such a route declares
-    `openapi_extra=CALLER_SECURITY` for the documentation `PrincipalDep` would have given it.
+    loop (`Runtime.loop_reads`); with Postgres in one worker-thread hop, on `Runtime.poll_reads`.
+    Such a route declares `openapi_extra=CALLER_SECURITY` for the documentation `PrincipalDep` would
+    have given it.
     """
     runtime: Runtime = request.app.state.runtime
     key = None if runtime.settings.auth == "off" else _presented_key(request)
@@ -108,7 +109,7 @@ async def polled_read(request: Request, query: Callable[[Connection, Principal],
 
     if runtime.loop_reads is not None:
         return work(runtime.loop_reads)
-    return await run_in_threadpool(work, runtime.db_engine)
+    return await run_in_threadpool(work, runtime.poll_reads or runtime.db_engine)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -69,6 +69,25 @@ def create_loop_read_engine(url: str) -> Engine | None:
     return engine
 
 
+def create_poll_read_engine(url: str) -> Engine | None:
+    """For Postgres, the engine of the API's polled reads (job status and progress); None otherwise.
+
+    A read on the main engine made three round trips: the pool's liveness ping, the query, and the
+    rollback that ends its transaction. In autocommit a read opens no transaction, so nothing is rolled
+    back, and there is no ping: after a database restart the first read on a dead connection fails
+    (503 `database_unavailable`, which clients retry) and has the pool replace every connection.
+    """
+    if make_url(url).get_backend_name() == "sqlite":
+        return None
+    return create_engine(
+        url,
+        isolation_level="AUTOCOMMIT",
+        pool_reset_on_return=None,
+        pool_size=10,
+        max_overflow=10,
+    )
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """A session factory whose objects stay readable after commit."""
     return sessionmaker(engine, expire_on_commit=False)
