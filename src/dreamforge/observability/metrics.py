@@ -215,9 +215,7 @@ class QueueDepthCollector:
                         select(Job.status, func.count())
                         .where(Job.status.in_(ACTIVE_STATUSES))
                         .group_by(Job.status)
-                    )
-                    .tuples()
-                    .all()
+                    ).all()
                 )
         except Exception as exc:
             # The rest of the scrape is still worth having; the missing series shows the gap.
