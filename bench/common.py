@@ -6,6 +6,7 @@ absolute times drift, ratios of interleaved runs hold), and print their ratio on
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -182,15 +183,25 @@ def embedded_service(data_dir: Path, **extra: str) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
-def record(result: Result) -> Result:
-    """Print the result (its ratio on the last line) and add it to bench/results/latest.json."""
+@contextmanager
+def _latest() -> Iterator[dict[str, Any]]:
+    """bench/results/latest.json to change in place, held against other scripts (a smoke run runs
+    them at once) until the block ends; written back then."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "latest.json"
-    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    data.setdefault("benchmarks", {})[result.name] = asdict(result)
-    data["machine"] = machine()
-    data["smoke"] = SMOKE
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    with (RESULTS / ".latest.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        yield data
+        path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def record(result: Result) -> Result:
+    """Print the result (its ratio on the last line) and add it to bench/results/latest.json."""
+    with _latest() as data:
+        data.setdefault("benchmarks", {})[result.name] = asdict(result)
+        data["machine"] = machine()
+        data["smoke"] = SMOKE
     print(json.dumps(result.details, indent=None)[:2000])
     print(result.line())
     return result
@@ -212,11 +223,8 @@ def run_job(client: httpx.Client, root: str, body: dict[str, Any], poll: float =
 
 def drop_result(name: str) -> None:
     """Remove `name` from bench/results/latest.json (a part that did not run leaves no stale result)."""
-    path = RESULTS / "latest.json"
-    if path.exists():
-        data = json.loads(path.read_text())
-        if data.get("benchmarks", {}).pop(name, None) is not None:
-            path.write_text(json.dumps(data, indent=2) + "\n")
+    with _latest() as data:
+        data.get("benchmarks", {}).pop(name, None)
 
 
 REDIS_URL = os.environ.get("DF_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -257,7 +257,7 @@ def summarize(topology: str, pairs: list[Pair], size: int, steps: int, extra: di
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--pairs", type=int, default=3 if SMOKE else 20)
+    parser.add_argument("--pairs", type=int, default=1 if SMOKE else 20)
     # Chosen so that a direct call takes about a second on the 2-core benchmark machine.
     parser.add_argument("--size", type=int, default=64 if SMOKE else 128)
     parser.add_argument("--steps", type=int, default=2 if SMOKE else 10)
