@@ -186,10 +186,15 @@ def test_a_sleeping_or_silent_receiver_does_not_slow_the_next_render(
     silent = SilentSocket()
     try:
         every = ["start", "item", "completed"]
-        # Deliveries of these jobs hang for the whole read timeout, attempt after attempt.
-        _create(client, count=2, webhook=receiver.url(sleeping), webhook_events_filter=every)
-        with_hook = _render_seconds(client, webhook=silent.url, webhook_events_filter=every)
-        after = _render_seconds(client)
+        # Deliveries of this job hang for the whole read timeout, attempt after attempt. It is waited
+        # for, so the renders timed next never include its queue time, only its hanging deliveries.
+        hanging = _create(client, count=2, webhook=receiver.url(sleeping), webhook_events_filter=every)
+        wait_for_status(client, hanging, {"succeeded"})
+        # The best of two, as the baseline: the other test processes share these cores.
+        with_hook = min(
+            _render_seconds(client, webhook=silent.url, webhook_events_filter=every) for _ in range(2)
+        )
+        after = min(_render_seconds(client) for _ in range(2))
     finally:
         silent.close()
     print(
