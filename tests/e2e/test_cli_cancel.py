@@ -1,6 +1,6 @@
 """`dreamforge job cancel` as a user runs it: the real CLI as a subprocess against a real server.
 
-Runs against both topologies (the `server` fixture). A "long" job is 3 items of 200 steps at 128x128,
+Runs against both topologies (the `server` fixture). A "long" job is 3 items of 200 steps at 256x256,
 rendered one after another (`--batch-invariant`): long enough to still be rendering when the cancel
 arrives (a CLI process that starts in seconds on a busy machine), which stops it within one step.
 """
@@ -17,7 +17,7 @@ import httpx
 from PIL import Image
 from support import DREAMFORGE, ROOT, df, wait_until
 
-LONG = ["--width", "128", "--height", "128", "--steps", "200", "--count", "3", "--batch-invariant"]
+LONG = ["--width", "256", "--height", "256", "--steps", "200", "--count", "3", "--batch-invariant"]
 SMALL = ["--width", "64", "--height", "64", "--steps", "3"]
 
 
@@ -75,7 +75,7 @@ def test_cancel_wait_stops_a_running_job_and_keeps_finished_items(
         assert record["downloaded"] is True
         data = Path(record["path"]).read_bytes()
         assert len(data) == record["size_bytes"]
-        assert Image.open(io.BytesIO(data)).size == (128, 128)
+        assert Image.open(io.BytesIO(data)).size == (256, 256)
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{r['item_index']}.png" for r in records)
 
     # The commands that follow a job to its end exit 4 for a canceled one, not as an error.

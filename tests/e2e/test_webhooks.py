@@ -202,10 +202,12 @@ def test_a_sleeping_or_silent_receiver_does_not_slow_the_next_render(
         f"({with_hook / baseline:.2f}x); the next render, deliveries still hanging, {after:.2f}s "
         f"({after / baseline:.2f}x)"
     )
-    # Ratios, with a little absolute slack for polling granularity on a busy CI box. A job whose own
-    # webhook hangs pays only for writing its deliveries; the next job pays nothing.
-    assert after / baseline < 1.5 or after - baseline < 0.3, (after, baseline)
-    assert with_hook / baseline < 2.0 or with_hook - baseline < 0.3, (with_hook, baseline)
+    # A render that waited on a hanging delivery would take at least the read timeout (2 s) longer;
+    # half of it is the slack, since the other test processes on these cores swing a render by more
+    # than any tighter bound allows. A job whose own webhook hangs pays only for writing its deliveries.
+    slack = float(HOOK_ENV["DF_WEBHOOK_READ_TIMEOUT_SECONDS"]) / 2
+    assert after / baseline < 1.5 or after - baseline < slack, (after, baseline)
+    assert with_hook / baseline < 2.0 or with_hook - baseline < slack, (with_hook, baseline)
 
 
 def test_cancel_is_delivered_as_completed_with_status_canceled(
