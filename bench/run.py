@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks one after another, then write docs/benchmarks.md (and its chart,
 docs/benchmarks.png) from bench/results/latest.json. `BENCH_SMOKE=1` runs them all at once with tiny
-counts (CI keeps the scripts working in about a minute; the numbers mean nothing).
+counts (CI keeps the scripts working in 1-1.5 minutes; the numbers mean nothing).
 
     python bench/run.py [NAME ...]     # only these scripts, e.g. api_throughput serving_overhead
 """
