@@ -16,6 +16,8 @@ from sqlalchemy.pool import SingletonThreadPool
 
 log = logging.getLogger(__name__)
 
+# Connections each Postgres engine of a process may hold: kept, and beyond them while busy.
+_POSTGRES_POOL: dict[str, Any] = {"pool_size": 10, "max_overflow": 10}
 # session.info key of the values that wait for the transaction to commit, by channel.
 _PENDING = "dreamforge.after_commit"
 # The channel of job ids whose streams wake once their events are committed.
@@ -42,7 +44,7 @@ def create_db_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(url, pool_pre_ping=True, **_POSTGRES_POOL)
 
 
 def create_loop_read_engine(url: str) -> Engine | None:
@@ -83,8 +85,7 @@ def create_poll_read_engine(url: str) -> Engine | None:
         url,
         isolation_level="AUTOCOMMIT",
         pool_reset_on_return=None,
-        pool_size=10,
-        max_overflow=10,
+        **_POSTGRES_POOL,
     )
 
 

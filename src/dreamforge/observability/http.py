@@ -36,6 +36,14 @@ def route_template(scope: Scope) -> str:
     return template
 
 
+def _series(kept: dict[tuple[str, ...], Any], metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up in `kept` after the first time."""
+    series = kept.get(labels)
+    if series is None:
+        series = kept[labels] = metric.labels(*labels)
+    return series
+
+
 class HttpMetricsMiddleware:
     """Pure ASGI middleware (streaming-safe) that times each request once its response has ended.
 
@@ -47,8 +55,8 @@ class HttpMetricsMiddleware:
         self.app = app
         # The labelled series, kept: prometheus_client validates and locks on every `labels()` call,
         # a cost every polled request paid twice. Bounded by methods x route templates x statuses.
-        self._seconds: dict[tuple[str, str], Any] = {}
-        self._responses: dict[tuple[str, str, str], Any] = {}
+        self._seconds: dict[tuple[str, ...], Any] = {}
+        self._responses: dict[tuple[str, ...], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,13 +77,5 @@ class HttpMetricsMiddleware:
             method = scope.get("method", "")
             method = method if method in _METHODS else "other"
             route = route_template(scope)
-            timed = self._seconds.get((method, route))
-            if timed is None:
-                timed = self._seconds[(method, route)] = HTTP_SECONDS.labels(method, route)
-            timed.observe(time.perf_counter() - started)
-            counted = self._responses.get((method, route, str(status)))
-            if counted is None:
-                counted = self._responses[(method, route, str(status))] = HTTP_RESPONSES.labels(
-                    method, route, str(status)
-                )
-            counted.inc()
+            _series(self._seconds, HTTP_SECONDS, method, route).observe(time.perf_counter() - started)
+            _series(self._responses, HTTP_RESPONSES, method, route, str(status)).inc()
