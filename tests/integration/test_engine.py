@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dreamforge.engines.base import EngineError, ModelSpec, RenderRequest
+from dreamforge.engines.base import EngineError, ModelSpec, OutOfMemory, RenderRequest
 from dreamforge.engines.sdxl import SDXLEngine
 
 
@@ -100,3 +100,28 @@ def test_cpu_defaults_to_float32() -> None:
     engine = SDXLEngine(device="cpu")
     info = engine.runtime_info()
     assert (info["device"], info["dtype"], info["rng_device"]) == ("cpu", "float32", "cpu")
+
+
+def test_an_oom_in_the_vae_decode_does_not_break_the_next_render(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fp16 with SDXL's VAE: diffusers upcasts the VAE to fp32 for the decode. An OOM there once left
+    # it fp32, and every later render failed on a half/float mismatch (seen on an H200).
+    import torch
+
+    engine = SDXLEngine(device="cpu", dtype="float16")
+    spec = _spec(tiny_model_dir)
+    engine.load(spec)
+    vae = engine._pipe.vae
+    decode = vae.decode
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(vae, "decode", decode)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+
+    monkeypatch.setattr(vae, "decode", out_of_memory)
+    with pytest.raises(OutOfMemory):
+        engine.render(spec, _request(), [7], lambda _s, _t: None)
+    [image] = engine.render(spec, _request(), [7], lambda _s, _t: None)
+    assert image.size == (64, 64)
+    assert vae.dtype == torch.float16

@@ -258,6 +258,11 @@ class SDXLEngine:
             with torch.inference_mode():
                 return self._run_pipeline(pipe, **kwargs, output_type="pil", callback_on_step_end=step_end)
         except Exception as exc:
+            # diffusers upcasts SDXL's VAE to fp32 for the decode and casts it back only when the decode
+            # returns: an OOM there left it fp32, and every later call of this engine then failed on a
+            # half/float mismatch (seen on an H200, bench/gpu_sdxl.py).
+            if pipe.vae.dtype != self.dtype:
+                pipe.vae.to(dtype=self.dtype)
             failure = classify_failure(exc)
             if failure is None:
                 raise
