@@ -33,6 +33,8 @@ CHART = DOC.with_suffix(".png")
 A100_SDXL_30_STEPS_S = {"eager bf16 + SDPA": 3.31, "torch.compile": 2.54}
 H100_OVER_A100 = (1.5, 2.0)
 H100_1024_PIXELS = 1024 * 1024
+# What bench/gpu_sdxl.py measured on a lent H200 (no GPU runs `make bench`).
+GPU_RESULTS = ROOT / "bench" / "gpu" / "h200.json"
 
 
 def _cell(value: Any) -> str:
@@ -91,6 +93,96 @@ def _paper_model(benchmarks: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _gpu_measured(benchmarks: dict[str, Any]) -> list[str]:
+    """The CUDA path at full SDXL size, as bench/gpu_sdxl.py measured it on one H200."""
+    if not GPU_RESULTS.exists():
+        return []
+    data = json.loads(GPU_RESULTS.read_text())
+    with_compile, fixed = data["run_1_with_compile"], data["run_3_after_vae_fix"]
+    runs = [with_compile, fixed]
+    machine = fixed["machine"]
+    eager = [r["eager_batch1"]["wall_s_median"] for r in runs]
+    steps = [x["step_ms_median"] for r in runs for x in r["eager_batch1"]["runs"]]
+    compiled = with_compile["compiled_batch1"]
+    png = [x["png_encode_s"] for x in fixed["eager_batch1"]["runs"]]
+    lines = [
+        f"## Measured: SDXL at full size on one {machine['gpu']}",
+        "",
+        "`bench/gpu_sdxl.py`, run by hand on a lent GPU (2026-12-04; results in `bench/gpu/h200.json`):",
+        "full-size SDXL shapes (2.57 G-parameter UNet, CLIP-L, OpenCLIP-bigG, SDXL VAE) with random fp16",
+        "weights, saved as a diffusers folder and loaded and rendered through `SDXLEngine`, the production",
+        "path: fp16, SDPA, channels-last, the VAE's fp32 upcast. 1024², 30 steps, DPM++ 2M Karras, CFG 5.",
+        f"torch {machine['torch']}, CUDA {machine['cuda']}, diffusers {machine['diffusers']}. Two runs;",
+        "ranges span them.",
+        "",
+        "| What | Measured |",
+        "| --- | --- |",
+        f"| eager, batch 1, per image | {min(eager):.2f}-{max(eager):.2f} s "
+        f"(median per run; {min(steps):.0f}-{max(steps):.0f} ms per step) |",
+        f"| `DF_COMPILE=true`, batch 1, per image | {compiled['wall_s_median']:.2f} s "
+        f"({compiled['runs'][0]['step_ms_median']:.1f} ms per step); the first render compiles: "
+        f"{with_compile['compiled_first_render']['wall_s']:.0f} s |",
+    ]
+    for batch in (2, 4):
+        rates = [r[f"eager_batch{batch}"]["images_per_s"] for r in runs]
+        peak = fixed[f"eager_batch{batch}"]["peak_gib"]
+        lines.append(
+            f"| eager, batch {batch} | {min(rates):.2f}-{max(rates):.2f} images/s, peak {peak} GiB |"
+        )
+    loads = [r["cold_load"] for r in runs]
+    lines += [
+        f"| peak GPU memory, batch 1 | {fixed['eager_batch1']['runs'][0]['peak_gib']} GiB "
+        f"(weights {fixed['cold_load']['weights_gib_on_gpu']} GiB) |",
+        f"| cold load, {fixed['build']['bytes'] / 1e9:.2f} GB, page cache dropped | "
+        + ", ".join(
+            f"{x['load_s']:.1f} s at {x['disk_read_gb_s']} GB/s read: ratio {x['ratio']:.2f}" for x in loads
+        )
+        + " (target 1.5) |",
+        f"| PNG encode of one 1024² image (its CPU) | {min(png) * 1000:.0f}-{max(png) * 1000:.0f} ms |",
+        "",
+    ]
+    attempts = fixed["oom"]["attempts"]
+    tried = ", ".join(f"batch {a['batch']} {'fit' if a['ok'] else 'ran out of memory'}" for a in attempts)
+    lines += [
+        f"A real OOM: with all but {fixed['oom']['free_left_gib']:.0f} GiB of the GPU taken, {tried},",
+        "halving as the runner does; with the memory released, batch 2 rendered again. The first try",
+        "of this found a bug: an OOM inside the VAE decode left SDXL's VAE upcast to fp32, and every later",
+        "render failed on a half/float mismatch. The engine now casts it back when a call fails (1886384,",
+        "with a CPU test).",
+        "",
+    ]
+    serving = {k: v for k, v in benchmarks.items() if k.startswith("serving_overhead.")}
+    if serving:
+        lines += [
+            "Overhead share on this GPU: the service's non-encode time per job (measured above, CPU) plus",
+            "the measured 1024² PNG encode, over the measured render time.",
+            "",
+            "| Topology | Render | Overhead per job | Overhead share | Images/s, one worker |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        encode_s = sum(png) / len(png)
+        for name, result in serving.items():
+            details = result.get("details", {})
+            outside_ms = float(details.get("outside_denoise_ms", details.get("overhead_ms", 0.0)))
+            rest_s = (outside_ms - float(details.get("phases_ms", {}).get("encode", 0.0))) / 1000
+            overhead = max(rest_s, 0.0) + encode_s
+            for label, render in (
+                ("eager", sum(eager) / len(eager)),
+                ("compiled", compiled["wall_s_median"]),
+            ):
+                lines.append(
+                    f"| {name.split('.', 1)[1]}, {label} | {render:.2f} s | {overhead * 1000:.0f} ms "
+                    f"| {overhead / (render + overhead) * 100:.1f} % | {1 / (render + overhead):.2f} |"
+                )
+        lines += [
+            "",
+            "On a fast GPU the PNG encode is most of the overhead, and a worker encodes while its GPU idles.",
+            "Overlapping encode and upload with the next batch's denoise is the lever this points at.",
+            "",
+        ]
+    return lines
+
+
 def write_doc(data: dict[str, Any]) -> Path:
     """docs/benchmarks.md: per benchmark its median, p95, ratio, target and verdict, details, the
     machine, the DF_MAX_BATCH decision and the paper model."""
@@ -126,7 +218,7 @@ def write_doc(data: dict[str, Any]) -> Path:
             f"Images/s by batch size: {_cell(batch.get('images_per_s'))}. Recommended CPU default: "
             f"{batch.get('recommended_cpu_default')} ({batch.get('reason', 'the fastest measured')}).",
         ]
-    lines += ["", *_paper_model(benchmarks)]
+    lines += ["", *_paper_model(benchmarks), *_gpu_measured(benchmarks)]
     machine = json.dumps(data.get("machine", {}), indent=2)
     lines += ["Machine and versions:", "", "```json", machine, "```", ""]
     DOC.parent.mkdir(parents=True, exist_ok=True)
