@@ -12,6 +12,7 @@ from typing import Any, overload
 from sqlalchemy import ColumnElement, Connection, bindparam, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
+from dreamforge.db.compiled import CompiledSelect
 from dreamforge.db.tables import Artifact, Job, JobEvent, JobItem, WebhookDelivery, utcnow
 from dreamforge.jobs.state import TERMINAL, JobStatus
 
@@ -59,10 +60,14 @@ class JobRecord:
     items: Sequence[ItemRecord] = field(repr=False, compare=False)
 
 
-_RECORD_COLUMNS = [Job.__table__.c[name] for name in JobRecord.__dataclass_fields__ if name != "items"]
-# Built once: a statement with a bound parameter compiles once and is reused from the cache.
-_JOB_RECORD = select(*_RECORD_COLUMNS).where(Job.__table__.c.id == bindparam("job_id"))
-_ITEM_RECORDS = (
+_RECORD_FIELDS = [name for name in JobRecord.__dataclass_fields__ if name != "items"]
+# Compiled once per engine and run on the driver's cursor: these two run on every poll.
+_JOB_RECORD = CompiledSelect(
+    select(*(Job.__table__.c[name] for name in _RECORD_FIELDS)).where(
+        Job.__table__.c.id == bindparam("job_id")
+    )
+)
+_ITEM_RECORDS = CompiledSelect(
     select(JobItem.item_index, JobItem.status, JobItem.progress, JobItem.seed, JobItem.stage)
     .where(JobItem.job_id == bindparam("job_id"))
     .order_by(JobItem.item_index)
@@ -92,15 +97,18 @@ class _LazyItems(Sequence[ItemRecord]):
 
 def job_record(connection: Connection, job_id: uuid.UUID) -> JobRecord | None:
     """The job with this id as a `JobRecord` (its items read on first use, on the same connection)."""
-    row = connection.execute(_JOB_RECORD, {"job_id": job_id}).first()
-    if row is None:
+    rows = _JOB_RECORD.rows(connection, {"job_id": job_id})
+    if not rows:
         return None
-    return JobRecord(**row._mapping, items=_LazyItems(lambda: item_records(connection, job_id)))
+    return JobRecord(
+        **dict(zip(_RECORD_FIELDS, rows[0], strict=True)),
+        items=_LazyItems(lambda: item_records(connection, job_id)),
+    )
 
 
 def item_records(connection: Connection, job_id: uuid.UUID) -> list[ItemRecord]:
     """A job's items by index, as `ItemRecord`s."""
-    return [ItemRecord(**row._mapping) for row in connection.execute(_ITEM_RECORDS, {"job_id": job_id})]
+    return [ItemRecord(*row) for row in _ITEM_RECORDS.rows(connection, {"job_id": job_id})]
 
 
 def lock_job(session: Session, job_id: uuid.UUID) -> Job | None:
