@@ -295,6 +295,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--small", action="store_true", help="a CPU dry run at 1/8 width (checks the script)")
+    parser.add_argument("--load-only", action="store_true", help="the cold load and two renders, no more")
     parser.add_argument(
         "--budget", type=float, default=480.0, help="skip compile when past this many seconds"
     )
@@ -352,6 +353,10 @@ def main() -> None:
             "weights_gib_on_gpu": round(torch.cuda.memory_allocated() / GIB, 2) if device == "cuda" else None,
         },
     )
+    if args.load_only:
+        report.put("eager_first_render", timed_render(engine, spec, request(args.size, args.steps), 1))
+        report.put("eager_second_render", timed_render(engine, spec, request(args.size, args.steps), 1))
+        return
     renders(report, engine, spec, "eager", args.size, args.steps)
     if device != "cuda":
         return

@@ -182,6 +182,10 @@ class SDXLEngine:
         has_fp16 = any(path.glob("unet/*.fp16*.safetensors"))
         has_plain = any(p for p in path.glob("unet/*.safetensors") if ".fp16" not in p.name)
         variant = "fp16" if has_fp16 and (self.dtype == torch.float16 or not has_plain) else None
+        if self.device == "cuda" and not self.cpu_offload:
+            # Each tensor is read into GPU memory as it loads: no whole copy of the model in host
+            # memory first, then a second pass to move it (bench/gpu_sdxl.py's cold load).
+            extra["device_map"] = self.device
         return StableDiffusionXLPipeline.from_pretrained(
             str(path), local_files_only=True, use_safetensors=True, dtype=self.dtype, variant=variant, **extra
         )
