@@ -31,7 +31,7 @@ import itertools
 
 from dreamforge.engines.base import ModelSpec, OutOfMemory, RenderRequest
 from dreamforge.engines.sdxl import SDXLEngine
-from dreamforge.registry.tiny import build_tiny_pipeline
+from dreamforge.registry.tiny import build_tiny_pipeline, save_pipeline
 
 GIB = 1024**3
 PROMPT = "a lighthouse on a cliff at dusk, film photograph"
@@ -138,18 +138,12 @@ def build_full_size(dest: Path, device: str, small: bool) -> int:
             norm_num_groups=32 // w * 2 if small else 32,
         ).to(dtype)
     scheduler = diffusers.EulerDiscreteScheduler.from_pretrained(tiny / "scheduler")
-    pipe = diffusers.StableDiffusionXLPipeline(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        text_encoder_2=text_encoder_2.eval(),
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2,
-        unet=unet.eval(),
-        scheduler=scheduler,
+    variant = "fp16" if device == "cuda" else None
+    save_pipeline(
+        dest, [vae, text_encoder, text_encoder_2, unet], [tokenizer, tokenizer_2], scheduler, variant
     )
-    pipe.save_pretrained(dest, safe_serialization=True, variant="fp16" if device == "cuda" else None)
     params = sum(p.numel() for p in unet.parameters())
-    del pipe, unet, vae, text_encoder, text_encoder_2
+    del unet, vae, text_encoder, text_encoder_2
     if device == "cuda":
         torch.cuda.empty_cache()
     shutil.rmtree(tiny.parent, ignore_errors=True)

@@ -90,6 +90,27 @@ def tiny_unet(block_out_channels: tuple[int, int] = (16, 32)) -> Any:
     )
 
 
+def save_pipeline(
+    dest: Path, models: list[Any], tokenizers: list[Any], scheduler: Any, variant: str | None = None
+) -> None:
+    """Save SDXL's parts (VAE, both text encoders, UNet; both tokenizers) as a diffusers folder in `dest`."""
+    import importlib
+
+    dif: Any = importlib.import_module("diffusers")
+    vae, text_encoder, text_encoder_2, unet = (model.eval() for model in models)
+    tokenizer, tokenizer_2 = tokenizers
+    pipe = dif.StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+    )
+    pipe.save_pretrained(dest, safe_serialization=True, variant=variant)
+
+
 def build_tiny_pipeline(dest: Path, *, seed: int = 0) -> Path:
     """Write a tiny random-weight SDXL pipeline (safetensors) to ``dest`` and return ``dest``.
 
@@ -184,16 +205,7 @@ def build_tiny_pipeline(dest: Path, *, seed: int = 0) -> Path:
         steps_offset=1,
     )
 
-    pipe = dif.StableDiffusionXLPipeline(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        text_encoder_2=text_encoder_2.eval(),
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2,
-        unet=unet.eval(),
-        scheduler=scheduler,
-    )
-    pipe.save_pretrained(dest, safe_serialization=True)
+    save_pipeline(dest, [vae, text_encoder, text_encoder_2, unet], [tokenizer, tokenizer_2], scheduler)
     for name in ("tokenizer", "tokenizer_2"):
         _write_bpe_files(dest / name, vocab, merges)
     (dest / MARKER_FILE).write_text(json.dumps(MARKER, indent=2) + "\n", encoding="utf-8")
