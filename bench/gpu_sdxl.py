@@ -71,36 +71,28 @@ def build_full_size(dest: Path, device: str, small: bool) -> int:
     tiny = build_tiny_pipeline(Path(tempfile.mkdtemp()) / "tiny")
     tokenizer = transformers.CLIPTokenizer.from_pretrained(tiny / "tokenizer")
     tokenizer_2 = transformers.CLIPTokenizer.from_pretrained(tiny / "tokenizer_2")
-    vocab = len(tokenizer)
-    common = {
-        "vocab_size": vocab,
-        "max_position_embeddings": 77,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
     # --small (a CPU dry run of this script) divides every width by 8 and keeps the shapes' structure.
     w = 8 if small else 1
+
+    def clip(width: int, layers: int, heads: int, act: str, pad: int) -> Any:
+        # A CLIP text encoder config: the tiny vocabulary, the real widths (the MLP is 4x wide).
+        return transformers.CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            hidden_size=width // w,
+            intermediate_size=4 * width // w,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            hidden_act=act,
+            projection_dim=width // w,
+            pad_token_id=pad,
+        )
+
     # The published SDXL base shapes: CLIP ViT-L/14, OpenCLIP ViT-bigG/14, the 2.6 G UNet, the SDXL VAE.
-    te1 = transformers.CLIPTextConfig(
-        hidden_size=768 // w,
-        intermediate_size=3072 // w,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        hidden_act="quick_gelu",
-        projection_dim=768 // w,
-        pad_token_id=tokenizer.eos_token_id,
-        **common,
-    )
-    te2 = transformers.CLIPTextConfig(
-        hidden_size=1280 // w,
-        intermediate_size=5120 // w,
-        num_hidden_layers=32,
-        num_attention_heads=20,
-        hidden_act="gelu",
-        projection_dim=1280 // w,
-        pad_token_id=tokenizer_2.pad_token_id,
-        **common,
-    )
+    te1 = clip(768, 12, 12, "quick_gelu", tokenizer.eos_token_id)
+    te2 = clip(1280, 32, 20, "gelu", tokenizer_2.pad_token_id)
     dtype = torch.float16 if device == "cuda" else torch.float32
     torch.manual_seed(0)
     # Random init on the GPU: on the CPU the 3.5 G parameters take minutes to initialise.

@@ -13,7 +13,6 @@ from sqlalchemy import Engine, column, select, table
 from sqlalchemy.exc import DBAPIError
 
 from dreamforge.db.compiled import CompiledSelect
-from dreamforge.db.migrate import upgrade_to_head
 from dreamforge.db.session import (
     create_db_engine,
     create_loop_read_engine,
@@ -29,8 +28,7 @@ from dreamforge.jobs import repository as jobs_repo
 def _staged(
     url: str, reads: Callable[[str], Engine | None], model: Path
 ) -> Iterator[tuple[Engine, Engine, uuid.UUID]]:
-    upgrade_to_head(url)
-    register_tiny(url, model)
+    register_tiny(url, model)  # migrates the database first
     main, polled = create_db_engine(url), reads(url)
     assert polled is not None
     sessions = make_session_factory(main)

@@ -36,9 +36,7 @@ class _Plan:
             return tuple(processed[name] for name in self.positional)
         return processed
 
-    def rows(
-        self, raw: Sequence[Sequence[Any]], description: Sequence[Sequence[Any]]
-    ) -> list[tuple[Any, ...]]:
+    def rows(self, raw: Sequence[Sequence[Any]], description: Sequence[Sequence[Any]]) -> list[Row]:
         if self.columns is None:
             self.columns = tuple(
                 t.result_processor(self.dialect, d[1]) for t, d in zip(self.types, description, strict=True)
