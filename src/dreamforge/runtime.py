@@ -174,6 +174,7 @@ def engine_providers(settings: Settings) -> dict[str, EngineFactory]:
             compile_unet=settings.compile,
             vae_path=settings.vae_model,
             vae_tiling_pixels=int(settings.vae_tiling_megapixels * 1_000_000),
+            cpu_threads=settings.cpu_threads,
         )
 
     def openai_images() -> RenderEngine:
@@ -213,7 +214,12 @@ def make_upscaler(settings: Settings) -> UpscalerFactory:
     def spandrel() -> Upscaler:
         from dreamforge.engines.upscale import SpandrelUpscaler
 
-        return SpandrelUpscaler(device=settings.device, dtype=settings.dtype, tile=settings.upscale_tile)
+        return SpandrelUpscaler(
+            device=settings.device,
+            dtype=settings.dtype,
+            tile=settings.upscale_tile,
+            cpu_threads=settings.cpu_threads,
+        )
 
     return spandrel
 

@@ -102,6 +102,23 @@ def test_cpu_defaults_to_float32() -> None:
     assert (info["device"], info["dtype"], info["rng_device"]) == ("cpu", "float32", "cpu")
 
 
+def test_cpu_renders_leave_a_core_for_serving_unless_told_otherwise() -> None:
+    import os
+
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        cores = len(os.sched_getaffinity(0))
+        assert SDXLEngine(device="cpu").runtime_info()["cpu_threads"] == str(max(1, cores - 1))
+        assert torch.get_num_threads() == max(1, cores - 1)
+        # The setting wins, and the recipe records what the image was rendered with.
+        assert SDXLEngine(device="cpu", cpu_threads=3).runtime_info()["cpu_threads"] == "3"
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_an_oom_in_the_vae_decode_does_not_break_the_next_render(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

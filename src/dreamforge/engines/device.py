@@ -6,6 +6,7 @@ Imported only by engines, when a job runs: it imports torch.
 from __future__ import annotations
 
 import gc
+import os
 
 import torch
 
@@ -44,6 +45,26 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype != "auto":
         return DTYPES[dtype]
     return torch.float16 if device in ("cuda", "mps") else torch.float32
+
+
+def default_cpu_threads() -> int:
+    """One fewer than the cores this process may use, at least one: the spare core serves the API,
+    encodes images and fans events out while a render runs."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+def apply_cpu_threads(device: str, threads: int) -> int | None:
+    """Set torch's intra-op threads for CPU renders (`threads`, or 0 for the default); None elsewhere.
+
+    Process-wide: every torch engine in a worker shares the one setting.
+    """
+    if device != "cpu":
+        return None
+    count = threads or default_cpu_threads()
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return count
 
 
 def classify_failure(exc: BaseException) -> EngineError | None:

@@ -52,7 +52,13 @@ from dreamforge.engines.base import (
     Scheduler,
     StepCallback,
 )
-from dreamforge.engines.device import classify_failure, free_cached_memory, pick_device, pick_dtype
+from dreamforge.engines.device import (
+    apply_cpu_threads,
+    classify_failure,
+    free_cached_memory,
+    pick_device,
+    pick_dtype,
+)
 from dreamforge.error_codes import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -98,9 +104,11 @@ class SDXLEngine:
         compile_unet: bool = False,
         vae_path: str = "",
         vae_tiling_pixels: int = 2048 * 2048,
+        cpu_threads: int = 0,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
+        self.cpu_threads = apply_cpu_threads(self.device, cpu_threads)
         self.cpu_offload = cpu_offload and self.device == "cuda"
         self.compile_unet = compile_unet and self.device == "cuda"
         self.vae_path = vae_path
@@ -125,6 +133,8 @@ class SDXLEngine:
             "dtype": str(self.dtype).removeprefix("torch."),
             "rng_device": "cpu",
         }
+        if self.cpu_threads is not None:
+            info["cpu_threads"] = str(self.cpu_threads)
         if self.compile_unet:
             info["compiled_unet"] = "true"
         if self.vae_path:

@@ -25,7 +25,13 @@ from PIL import Image
 
 from dreamforge import __version__
 from dreamforge.engines.base import EngineError, ModelSpec, OutOfMemory, StepCallback
-from dreamforge.engines.device import classify_failure, free_cached_memory, pick_device, pick_dtype
+from dreamforge.engines.device import (
+    apply_cpu_threads,
+    classify_failure,
+    free_cached_memory,
+    pick_device,
+    pick_dtype,
+)
 from dreamforge.engines.torchvision_compat import ensure_torchvision_importable
 from dreamforge.error_codes import ErrorCode
 
@@ -115,9 +121,12 @@ def tile_grid(width: int, height: int, tile: int) -> list[tuple[int, int, int, i
 class SpandrelUpscaler:
     """Keeps one upscaler warm on the worker's device and enlarges images with it, one at a time."""
 
-    def __init__(self, device: str = "auto", dtype: str = "auto", *, tile: int = 512) -> None:
+    def __init__(
+        self, device: str = "auto", dtype: str = "auto", *, tile: int = 512, cpu_threads: int = 0
+    ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
+        apply_cpu_threads(self.device, cpu_threads)
         self.tile = tile
         self._descriptor: Any = None
         self._loaded_key: tuple[str, str] | None = None
