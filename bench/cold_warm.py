@@ -5,21 +5,23 @@ take to read from disk (target <= 1.5: loading costs little beyond reading).
     python bench/cold_warm.py [--rounds 3] [--no-large]
 
 `cold_warm.first_job` (informational): both jobs timed from POST to the poll that says `succeeded`.
-`cold_warm.load`: the load time is the service's own, from the first job's log line "model ... loaded in
-N.NNs" (SDXLEngine.load: from_pretrained and placement); checkpoint bytes are every file of the model's
-folder; the read rate is those same files read with 16 MiB buffers in the same sitting. Page cache: one
-untimed read first, so the timed reads and the load both find the files cached (caches are not dropped:
-the machine is shared); the rate is the page cache's, the best case for bytes, so the ratio shows what
-loading costs beyond the bytes.
-`cold_warm.load_large` (skipped with --no-large and in smoke runs): the tiny model's load does almost no
-reading, so the same ratio for a random-weight pipeline with a ~480 MB UNet, loaded in this process
-alternately with the tiny one by the same SDXLEngine.load; the two sizes give the load's fixed part.
+`cold_warm.load_large` (skipped with --no-large and in smoke runs): the target's measurement. A
+random-weight pipeline with a ~480 MB UNet, loaded by SDXLEngine.load in this process, alternately with
+the tiny one; the read rate is the same files read with 16 MiB buffers in the same sitting. Both the
+timed reads and the loads start from disk: each file's pages are evicted from the page cache first
+(posix_fadvise DONTNEED on our own files; the shared machine's caches are not dropped), so the rate is
+the disk's, as the target says. The two sizes give the load's fixed part and its rate beyond it.
+`cold_warm.load` (informational): the tiny model's first load in the service, from the first job's log
+line "model ... loaded in N.NNs", over its 4 MB read from disk. At that size the load is module
+construction and configs, not bytes (hundreds of times the read), which no loader changes: load_large
+carries the target.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -52,12 +54,24 @@ def model_files(folder: Path) -> list[Path]:
     return files
 
 
+def evict(files: list[Path]) -> None:
+    """Drop `files`' pages from the page cache, so the next read of them comes from the disk."""
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def read_rate(files: list[Path], repeats: int = 5) -> float:
-    """Bytes per second reading `files` start to end, median of `repeats` passes."""
+    """Bytes per second reading `files` start to end from disk, median of `repeats` passes."""
     size = sum(f.stat().st_size for f in files)
     buffer = bytearray(16 << 20)
     laps = []
     for _ in range(repeats):
+        evict(files)
         started = time.perf_counter()
         for f in files:
             with f.open("rb", buffering=0) as fh:
@@ -98,10 +112,8 @@ def service_part() -> tuple[Result, Result, dict[str, Any]]:
         data_dir = Path(tmp) / "var"
         files = model_files(tiny_model_dir())
         size = sum(f.stat().st_size for f in files)
-        # An untimed pass first: whatever the page cache held, the files are in it for the timed reads
-        # and for the load alike (the rate of this pass says how cached they were).
-        first_pass = read_rate(files, repeats=1)
         rate_before = read_rate(files)
+        evict(files)
         with embedded_service(data_dir) as root, httpx.Client(timeout=300) as client:
             first, cold = run_job(client, root, JOB)
             second, warm = run_job(client, root, JOB)
@@ -131,8 +143,8 @@ def service_part() -> tuple[Result, Result, dict[str, Any]]:
     load_result = Result(
         name="cold_warm.load",
         ratio=ratio,
-        target=f"<= {TARGET}",
-        passed=ratio <= TARGET,
+        target="informational (the target is load_large's)",
+        passed=True,
         unit="s",
         median=load,
         details={
@@ -142,9 +154,8 @@ def service_part() -> tuple[Result, Result, dict[str, Any]]:
             "read_mb_per_s": round(rate / 1e6),
             "read_s": round(size / rate, 5),
             "read_mb_per_s_before_after": [round(rate_before / 1e6), round(rate_after / 1e6)],
-            "first_read_mb_per_s": round(first_pass / 1e6),
-            "page_cache": "warm for reads and load (one untimed read first; not dropped on a shared machine)",
-            "note": "the tiny model's load is module construction and configs, not bytes: see load_large",
+            "page_cache": "evicted for the model's files before each read and before the service starts",
+            "note": "a 4 MB load is module construction and configs, not bytes; see load_large",
         },
     )
     return first_job, load_result, {"bytes": size, "load_s": load}
@@ -189,8 +200,8 @@ def large_part(rounds: int, tiny_service: dict[str, Any]) -> Result:
         rates: dict[str, list[float]] = {name: [] for name in models}
         for _ in range(rounds):
             for name, (spec, files) in models.items():
-                # Read right before the load, so both find the page cache in the same state.
                 rates[name].append(read_rate(files, repeats=3))
+                evict(files)
                 loads[name].append(engine.load(spec))
         sizes = {name: sum(f.stat().st_size for f in files) for name, (_, files) in models.items()}
     load = {name: median(v) for name, v in loads.items()}
@@ -215,7 +226,7 @@ def large_part(rounds: int, tiny_service: dict[str, Any]) -> Result:
             "load_mb_per_s_beyond_fixed": round(1 / slope / 1e6) if slope > 0 else None,
             "tiny_first_load_in_service_s": tiny_service["load_s"],
             "build_large_s": round(build_s, 1),
-            "page_cache": "warm for both (files written and read just before each load)",
+            "page_cache": "evicted for the model's files before each timed read and each load",
         },
     )
 
