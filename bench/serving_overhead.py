@@ -2,12 +2,12 @@
 says `done`, its artifact stored) over a direct warm `pipe()` call of the same tiny model with the same
 parameters, in interleaved pairs. Targets: median pair ratio <= 1.02 embedded, <= 1.04 distributed.
 
-    python bench/serving_overhead.py [--pairs 20] [--size 128] [--steps 10] [--only embedded|distributed]
+    python bench/serving_overhead.py [--pairs 20] [--size 256] [--steps 20] [--only embedded|distributed]
 
-The direct call runs in this process on the engine's own loading path (SDXLEngine.load: CPU float32)
-with the service's default sampler, warmed first: `pipe(prompt, width, height, num_inference_steps,
-guidance_scale, generator)` to a PIL image. Each pair has a prompt of its own, the same on both sides.
-Torch keeps its default thread count here, as the service does (it sets none). The call and the
+The direct call runs in this process on the engine's own loading path (SDXLEngine: CPU float32, and
+torch's threads as the service sets them, `DF_CPU_THREADS`'s default) with the service's default
+sampler, warmed first: `pipe(prompt, width, height, num_inference_steps, guidance_scale, generator)` to
+a PIL image. Each pair has a prompt of its own, the same on both sides. The call and the
 service never run at once (2 cores): a pair is one direct call and one job, one after the other,
 alternating which goes first, with a pause between them so that neither inherits the other's
 spinning threads.
@@ -259,8 +259,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=1 if SMOKE else 20)
     # Chosen so that a direct call takes about a second on the 2-core benchmark machine.
-    parser.add_argument("--size", type=int, default=64 if SMOKE else 128)
-    parser.add_argument("--steps", type=int, default=2 if SMOKE else 10)
+    parser.add_argument("--size", type=int, default=64 if SMOKE else 256)
+    parser.add_argument("--steps", type=int, default=2 if SMOKE else 20)
     parser.add_argument("--only", choices=sorted(TARGETS))
     args = parser.parse_args()
     # The tests' building blocks (Postgres database, moto's S3, service processes).
