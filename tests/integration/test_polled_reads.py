@@ -97,3 +97,44 @@ def test_polls_served_the_short_way_are_counted_under_their_route(
     for route in ("/v1/jobs/{id}", "/v1/jobs/{id}/progress"):
         line = f'dreamforge_http_responses_total{{method="GET",route="{route}",status="200"}}'
         assert line in metrics, route
+
+
+def test_a_crowd_of_pollers_on_postgres_shares_a_few_kept_connections(
+    tmp_path: Path, tiny_model_dir: Path, pg_url: str
+) -> None:
+    # Before, 32 pollers at once opened connections beyond the pool's and closed each after one
+    # read: a Postgres backend started and stopped per poll, and a third of the throughput lost.
+    import asyncio
+
+    import httpx
+    from sqlalchemy import event
+
+    from dreamforge.db.session import POLL_READ_CONNECTIONS
+
+    settings = Settings(data_dir=tmp_path, db_url=pg_url, signing_secret="polled-secret", _env_file=None)
+    register_tiny(pg_url, tiny_model_dir)
+    runtime = build_runtime(settings)
+    try:
+        assert runtime.poll_reads is not None
+        opened: list[object] = []
+        event.listen(runtime.poll_reads, "connect", lambda conn, record: opened.append(conn))
+        with transaction(runtime.sessions) as s:
+            request = JobCreateRequest(type="generate", prompt="a lighthouse", width=64, height=64)
+            job, _ = create_job(s, request, None, providers=runtime.providers)
+        app = _app(settings, runtime, short_way=True)
+
+        async def crowd() -> list[int]:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+
+                async def poller(n: int) -> list[int]:
+                    path = f"/v1/jobs/{job.id}" + ("/progress" if n % 2 else "")
+                    return [(await client.get(path)).status_code for _ in range(5)]
+
+                answers = await asyncio.gather(*(poller(n) for n in range(32)))
+            return [status for statuses in answers for status in statuses]
+
+        assert asyncio.run(crowd()) == [200] * 160
+        assert 1 <= len(opened) <= POLL_READ_CONNECTIONS
+    finally:
+        runtime.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
@@ -17,6 +19,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from dreamforge.accounts.service import ANYONE, Principal, authenticate
+from dreamforge.db.session import POLL_READ_CONNECTIONS
 from dreamforge.runtime import Runtime
 
 T = TypeVar("T")
@@ -109,7 +112,18 @@ async def polled_read(request: Request, query: Callable[[Connection, Principal],
 
     if runtime.loop_reads is not None:
         return work(runtime.loop_reads)
-    return await run_in_threadpool(work, runtime.poll_reads or runtime.db_engine)
+    if runtime.poll_reads is None:
+        return await run_in_threadpool(work, runtime.db_engine)
+    return await anyio.to_thread.run_sync(work, runtime.poll_reads, limiter=_poll_limiter(request))
+
+
+def _poll_limiter(request: Request) -> anyio.CapacityLimiter:
+    """This app's bound on polled reads in flight: one thread per connection of the poll engine;
+    the rest wait on the event loop, not as threads contending for the GIL and the pool."""
+    limiter: anyio.CapacityLimiter | None = getattr(request.app.state, "poll_limiter", None)
+    if limiter is None:
+        limiter = request.app.state.poll_limiter = anyio.CapacityLimiter(POLL_READ_CONNECTIONS)
+    return limiter
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

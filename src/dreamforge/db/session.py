@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 
 # Connections each Postgres engine of a process may hold: kept, and beyond them while busy.
 _POSTGRES_POOL: dict[str, Any] = {"pool_size": 10, "max_overflow": 10}
+# Connections of the polled-read engine, and so the polled reads run at once (api/deps.py): kept
+# open, never more. Overflow connections were opened and closed under a crowd of pollers, each
+# a Postgres backend started and stopped for one read.
+POLL_READ_CONNECTIONS = 4
 # session.info key of the values that wait for the transaction to commit, by channel.
 _PENDING = "dreamforge.after_commit"
 # The channel of job ids whose streams wake once their events are committed.
@@ -85,7 +89,8 @@ def create_poll_read_engine(url: str) -> Engine | None:
         url,
         isolation_level="AUTOCOMMIT",
         pool_reset_on_return=None,
-        **_POSTGRES_POOL,
+        pool_size=POLL_READ_CONNECTIONS,
+        max_overflow=0,
     )
 
 
