@@ -91,3 +91,33 @@ def test_a_driver_error_surfaces_as_sqlalchemys_own(database: tuple[Engine, Engi
     with polled.connect() as connection, pytest.raises(DBAPIError) as caught:
         broken.rows(connection, {})
     assert "no_such_table" in str(caught.value)
+
+
+def test_on_the_async_pool_a_job_record_and_a_driver_error_are_as_on_the_sync_cursor(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    import asyncio
+
+    import psycopg
+
+    with pg_database() as url, _staged(url, create_poll_read_engine, tiny_model_dir) as staged:
+        _main, polled, job_id = staged
+        with polled.connect() as connection:
+            record = jobs_repo.job_record(connection, job_id)
+            assert record is not None
+            expected = (record, list(record.items))
+        broken = CompiledSelect(select(column("id")).select_from(table("no_such_table")))
+
+        async def read() -> tuple[jobs_repo.JobRecord | None, jobs_repo.JobRecord | None, str]:
+            conninfo = url.replace("postgresql+psycopg://", "postgresql://")
+            async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
+                found = await jobs_repo.job_record_async(connection, polled.dialect, job_id, with_items=True)
+                unknown = await jobs_repo.job_record_async(connection, polled.dialect, uuid.uuid4())
+                with pytest.raises(DBAPIError) as caught:
+                    await broken.rows_async(connection, polled.dialect, {})
+                return found, unknown, str(caught.value)
+
+        found, unknown, error = asyncio.run(read())
+    assert found is not None and unknown is None
+    assert (found, list(found.items)) == expected
+    assert "no_such_table" in error

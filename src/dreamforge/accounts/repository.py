@@ -5,11 +5,42 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
+from dreamforge.db.compiled import CompiledSelect
 from dreamforge.db.tables import ApiKey
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+
+
+class KeyFacts(NamedTuple):
+    """What authenticating a request reads of its key."""
+
+    id: uuid.UUID
+    admin: bool
+    name: str
+    max_active_jobs: int | None
+    max_images_per_day: int | None
+    revoked_at: datetime | None
+
+
+_KEY_FACTS = CompiledSelect(
+    select(*(ApiKey.__table__.c[name] for name in KeyFacts._fields)).where(
+        ApiKey.digest == bindparam("digest")
+    )
+)
+
+
+async def key_facts_async(connection: AsyncConnection[Any], dialect: Dialect, digest: str) -> KeyFacts | None:
+    """`get_key_by_digest`'s facts on an async psycopg connection."""
+    rows = await _KEY_FACTS.rows_async(connection, dialect, {"digest": digest})
+    return KeyFacts(*rows[0]) if rows else None
 
 
 def get_key_by_digest(session: Session, digest: str) -> ApiKey | None:

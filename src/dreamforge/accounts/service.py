@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from dreamforge.accounts import repository as keys_repo
@@ -12,6 +14,9 @@ from dreamforge.accounts.keys import key_digest, looks_like_key, new_key, shown_
 from dreamforge.db.tables import ApiKey, utcnow
 from dreamforge.error_codes import ErrorCode
 from dreamforge.errors import DreamForgeError
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
 
 # What a 401 answer tells the client about how to authenticate (RFC 6750).
 CHALLENGE = 'Bearer realm="dreamforge"'
@@ -91,13 +96,28 @@ def revoke_key(session: Session, row: ApiKey) -> ApiKey:
 
 def authenticate(session: Session, signing_secret: bytes, key: str | None) -> Principal:
     """The principal `key` stands for; `Unauthorized` when it is missing, unknown or revoked."""
+    digest = _presented_digest(signing_secret, key)
+    return _principal(keys_repo.get_key_by_digest(session, digest) if digest else None)
+
+
+async def authenticate_async(
+    connection: AsyncConnection[Any], dialect: Dialect, signing_secret: bytes, key: str | None
+) -> Principal:
+    """`authenticate` on an async psycopg connection (the polled reads on Postgres)."""
+    digest = _presented_digest(signing_secret, key)
+    return _principal(await keys_repo.key_facts_async(connection, dialect, digest) if digest else None)
+
+
+def _presented_digest(signing_secret: bytes, key: str | None) -> str | None:
+    """The keyed hash to look `key` up by; None for what cannot be a key. `Unauthorized` if none came."""
     if not key:
         raise Unauthorized(
             "an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`", "missing"
         )
-    row = None
-    if looks_like_key(key):
-        row = keys_repo.get_key_by_digest(session, key_digest(signing_secret, key))
+    return key_digest(signing_secret, key) if looks_like_key(key) else None
+
+
+def _principal(row: keys_repo.KeyFacts | ApiKey | None) -> Principal:
     if row is None:
         raise Unauthorized("the API key is not valid", "invalid")
     if row.revoked_at is not None:

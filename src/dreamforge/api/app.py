@@ -14,6 +14,7 @@ from dreamforge.api.middleware import RequestIdMiddleware, RequestLimitsMiddlewa
 from dreamforge.api.polled import PolledReadsMiddleware
 from dreamforge.api.routes import files, health, jobs, metrics, models, webhooks
 from dreamforge.config import Settings
+from dreamforge.db.session import open_poll_pool
 from dreamforge.observability.http import HttpMetricsMiddleware
 from dreamforge.runtime import Runtime, build_runtime, store_serves_files
 
@@ -31,10 +32,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime if runtime is not None else await run_in_threadpool(build_runtime, settings)
         app.state.runtime = rt
+        # Opened here, on the loop that serves the app: its connections belong to this loop.
+        app.state.poll_pool = await open_poll_pool(rt.settings.database_url)
         await run_in_threadpool(rt.start)
         try:
             yield
         finally:
+            if app.state.poll_pool is not None:
+                await app.state.poll_pool.close()
             await run_in_threadpool(rt.close)
 
     app = FastAPI(

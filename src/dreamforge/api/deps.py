@@ -6,7 +6,7 @@ concurrent requests those thread hops, not the work, set the rate a route serves
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -14,15 +14,21 @@ import anyio.to_thread
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from dreamforge.accounts.service import ANYONE, Principal, authenticate
+from dreamforge.accounts.service import ANYONE, Principal, authenticate, authenticate_async
 from dreamforge.db.session import POLL_READ_CONNECTIONS
 from dreamforge.runtime import Runtime
 
 T = TypeVar("T")
+# A polled read's query on the async Postgres pool: (connection, its sync engine's dialect, caller).
+AsyncQuery = Callable[[AsyncConnection[Any], Dialect, Principal], Awaitable[T]]
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -87,13 +93,17 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("X-API-Key")
 
 
-async def polled_read(request: Request, query: Callable[[Connection, Principal], T]) -> T:
-    """A polled read route's whole work: the caller, then `query` on a Core connection.
+async def polled_read(
+    request: Request, query: Callable[[Connection, Principal], T], query_async: AsyncQuery[T]
+) -> T:
+    """A polled read route's whole work: the caller, then its query, `query` on a Core connection or
+    `query_async` on the async Postgres pool.
 
     Integrators poll these routes, so they skip what costs more than their query: dependency
     injection (solving the runtime and caller as dependencies takes a third of such a request), a
     second thread hop to authenticate, and an ORM session. With SQLite the work runs on the event
-    loop (`Runtime.loop_reads`); with Postgres in one worker-thread hop, on `Runtime.poll_reads`.
+    loop (`Runtime.loop_reads`); with Postgres on the loop too, on the pool the app's lifespan opened
+    (`db.session.open_poll_pool`), else in one worker-thread hop on `Runtime.poll_reads`.
     Such a route declares `openapi_extra=CALLER_SECURITY` for the documentation `PrincipalDep` would
     have given it.
     """
@@ -112,6 +122,20 @@ async def polled_read(request: Request, query: Callable[[Connection, Principal],
 
     if runtime.loop_reads is not None:
         return work(runtime.loop_reads)
+    pool: AsyncConnectionPool[Any] | None = getattr(request.app.state, "poll_pool", None)
+    if pool is not None and runtime.poll_reads is not None:
+        dialect = runtime.poll_reads.dialect
+        try:
+            async with pool.connection() as connection:
+                principal = ANYONE
+                if runtime.settings.auth != "off":
+                    principal = await authenticate_async(
+                        connection, dialect, runtime.settings.url_signing_key, key
+                    )
+                return await query_async(connection, dialect, principal)
+        except PoolTimeout as exc:
+            # No connection within the pool's timeout: the database is away (503, retry shortly).
+            raise OperationalError("connect", None, exc) from exc
     if runtime.poll_reads is None:
         return await run_in_threadpool(work, runtime.db_engine)
     return await anyio.to_thread.run_sync(work, runtime.poll_reads, limiter=_poll_limiter(request))

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Select
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
 
 Processor = Callable[[Any], Any] | None
 Row = tuple[Any, ...]
@@ -58,12 +62,16 @@ class CompiledSelect:
         self.statement = statement
         self._plans: weakref.WeakKeyDictionary[Dialect, _Plan] = weakref.WeakKeyDictionary()
 
-    def rows(self, connection: Connection, values: Mapping[str, Any]) -> list[Row]:
-        """Every row the statement selects with these bound values."""
-        dialect = connection.dialect
+    def _plan(self, dialect: Dialect) -> _Plan:
         plan = self._plans.get(dialect)
         if plan is None:
             plan = self._plans[dialect] = _Plan(self.statement, dialect)
+        return plan
+
+    def rows(self, connection: Connection, values: Mapping[str, Any]) -> list[Row]:
+        """Every row the statement selects with these bound values."""
+        dialect = connection.dialect
+        plan = self._plan(dialect)
         try:
             cursor = connection.connection.cursor()
             try:
@@ -73,4 +81,23 @@ class CompiledSelect:
                 cursor.close()
         except dialect.loaded_dbapi.Error:
             return [tuple(row) for row in connection.execute(self.statement, dict(values))]
+        return plan.rows(raw, description)
+
+    async def rows_async(
+        self, connection: AsyncConnection[Any], dialect: Dialect, values: Mapping[str, Any]
+    ) -> list[Row]:
+        """`rows` on an async psycopg connection, compiled for `dialect` (its sync engine's).
+
+        A driver error is raised as SQLAlchemy's own (an OperationalError is 503 `database_unavailable`).
+        """
+        plan = self._plan(dialect)
+        parameters = plan.parameters(values)
+        try:
+            async with connection.cursor() as cursor:
+                await cursor.execute(plan.sql, parameters)
+                raw = await cursor.fetchall()
+                description = cursor.description
+        except dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(plan.sql, parameters, exc, dialect.loaded_dbapi.Error) from exc
+        assert description is not None
         return plan.rows(raw, description)

@@ -7,12 +7,15 @@ import uuid
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import SingletonThreadPool
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +25,9 @@ _POSTGRES_POOL: dict[str, Any] = {"pool_size": 10, "max_overflow": 10}
 # open, never more. Overflow connections were opened and closed under a crowd of pollers, each
 # a Postgres backend started and stopped for one read.
 POLL_READ_CONNECTIONS = 4
+# Seconds a polled read waits for a connection of the async pool; then 503 database_unavailable
+# (during an outage the pool reconnects in the background meanwhile).
+POLL_POOL_TIMEOUT_SECONDS = 2.0
 # session.info key of the values that wait for the transaction to commit, by channel.
 _PENDING = "dreamforge.after_commit"
 # The channel of job ids whose streams wake once their events are committed.
@@ -92,6 +98,31 @@ def create_poll_read_engine(url: str) -> Engine | None:
         pool_size=POLL_READ_CONNECTIONS,
         max_overflow=0,
     )
+
+
+async def open_poll_pool(url: str) -> AsyncConnectionPool[Any] | None:
+    """For Postgres through psycopg, the API's pool for polled reads on its event loop; else None.
+
+    On the loop a read costs no thread hops: a crowd of pollers got 2.3-2.5x the reads per second of
+    the worker-thread path in a bare ASGI app here. Connections are autocommit, as the poll engine's,
+    and made in the background: the API starts while the database is away.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql" or parsed.get_driver_name() != "psycopg":
+        return None
+    from psycopg_pool import AsyncConnectionPool
+
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        parsed.set(drivername="postgresql").render_as_string(hide_password=False),
+        min_size=POLL_READ_CONNECTIONS,
+        max_size=POLL_READ_CONNECTIONS,
+        kwargs={"autocommit": True},
+        timeout=POLL_POOL_TIMEOUT_SECONDS,
+        name="polled-reads",
+        open=False,
+    )
+    await pool.open(wait=False)
+    return pool
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -7,14 +7,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from sqlalchemy import ColumnElement, Connection, bindparam, case, delete, func, select, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from dreamforge.db.compiled import CompiledSelect
 from dreamforge.db.tables import Artifact, Job, JobEvent, JobItem, WebhookDelivery, utcnow
+from dreamforge.jobs.stages import statuses_need_items
 from dreamforge.jobs.state import TERMINAL, JobStatus
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> Job | None:
@@ -104,6 +109,22 @@ def job_record(connection: Connection, job_id: uuid.UUID) -> JobRecord | None:
         **dict(zip(_RECORD_FIELDS, rows[0], strict=True)),
         items=_LazyItems(lambda: item_records(connection, job_id)),
     )
+
+
+async def job_record_async(
+    connection: AsyncConnection[Any], dialect: Dialect, job_id: uuid.UUID, *, with_items: bool = False
+) -> JobRecord | None:
+    """`job_record` on an async psycopg connection; its items are read with it when `with_items` or
+    when the job's step statuses need them (no lazy read: there is no loop-free way back)."""
+    rows = await _JOB_RECORD.rows_async(connection, dialect, {"job_id": job_id})
+    if not rows:
+        return None
+    fields = dict(zip(_RECORD_FIELDS, rows[0], strict=True))
+    items: list[ItemRecord] = []
+    if with_items or statuses_need_items(JobStatus(fields["status"]), fields["params"]):
+        raw = await _ITEM_RECORDS.rows_async(connection, dialect, {"job_id": job_id})
+        items = [ItemRecord(*row) for row in raw]
+    return JobRecord(**fields, items=items)
 
 
 def item_records(connection: Connection, job_id: uuid.UUID) -> list[ItemRecord]:

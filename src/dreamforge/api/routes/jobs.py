@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
+from psycopg import AsyncConnection
 from pydantic import BaseModel, BeforeValidator
 from sqlalchemy import Connection
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from dreamforge.accounts.service import Principal
@@ -80,6 +82,21 @@ def _load_job(session: Session, job_id: uuid.UUID, principal: Principal) -> Job:
 def _job_record(connection: Connection, job_id: uuid.UUID, principal: Principal) -> JobRecord:
     """`_load_job` for the polled read routes: the job as a Core record."""
     job = jobs_repo.job_record(connection, job_id)
+    if job is None or not principal.can_see(job.api_key_id):
+        raise not_found("job", job_id)
+    return job
+
+
+async def _job_record_async(
+    connection: AsyncConnection[Any],
+    dialect: Dialect,
+    job_id: uuid.UUID,
+    principal: Principal,
+    *,
+    with_items: bool = False,
+) -> JobRecord:
+    """`_job_record` on the async Postgres pool."""
+    job = await jobs_repo.job_record_async(connection, dialect, job_id, with_items=with_items)
     if job is None or not principal.can_see(job.api_key_id):
         raise not_found("job", job_id)
     return job
@@ -205,7 +222,15 @@ def create(
 )
 async def get(id: uuid.UUID, request: Request) -> Response:
     """A job's status, item counts and, when it failed, why."""
-    return _json(await polled_read(request, lambda c, caller: job_view(_job_record(c, id, caller))))
+
+    async def query_async(
+        connection: AsyncConnection[Any], dialect: Dialect, caller: Principal
+    ) -> JobStatusResponse:
+        return job_view(await _job_record_async(connection, dialect, id, caller))
+
+    return _json(
+        await polled_read(request, lambda c, caller: job_view(_job_record(c, id, caller)), query_async)
+    )
 
 
 @router.post(
@@ -300,7 +325,13 @@ async def progress(id: uuid.UUID, request: Request) -> Response:
         job = _job_record(connection, id, caller)
         return progress_view(job, job.items)
 
-    return _json(await polled_read(request, query))
+    async def query_async(
+        connection: AsyncConnection[Any], dialect: Dialect, caller: Principal
+    ) -> ProgressResponse:
+        job = await _job_record_async(connection, dialect, id, caller, with_items=True)
+        return progress_view(job, job.items)
+
+    return _json(await polled_read(request, query, query_async))
 
 
 @router.get(
