@@ -111,7 +111,7 @@ def test_on_the_async_pool_a_job_record_and_a_driver_error_are_as_on_the_sync_cu
         async def read() -> tuple[jobs_repo.JobRecord | None, jobs_repo.JobRecord | None, str]:
             conninfo = url.replace("postgresql+psycopg://", "postgresql://")
             async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
-                found = await jobs_repo.job_record_async(connection, polled.dialect, job_id, with_items=True)
+                found = await jobs_repo.job_record_async(connection, polled.dialect, job_id)
                 unknown = await jobs_repo.job_record_async(connection, polled.dialect, uuid.uuid4())
                 with pytest.raises(DBAPIError) as caught:
                     await broken.rows_async(connection, polled.dialect, {})

@@ -10,12 +10,12 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, overload
 
 from sqlalchemy import ColumnElement, Connection, bindparam, case, delete, func, select, update
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from dreamforge.db.compiled import CompiledSelect
 from dreamforge.db.tables import Artifact, Job, JobEvent, JobItem, WebhookDelivery, utcnow
-from dreamforge.jobs.stages import statuses_need_items
 from dreamforge.jobs.state import TERMINAL, JobStatus
 
 if TYPE_CHECKING:
@@ -72,10 +72,21 @@ _JOB_RECORD = CompiledSelect(
         Job.__table__.c.id == bindparam("job_id")
     )
 )
+_ITEM_FIELDS = (JobItem.item_index, JobItem.status, JobItem.progress, JobItem.seed, JobItem.stage)
 _ITEM_RECORDS = CompiledSelect(
-    select(JobItem.item_index, JobItem.status, JobItem.progress, JobItem.seed, JobItem.stage)
-    .where(JobItem.job_id == bindparam("job_id"))
-    .order_by(JobItem.item_index)
+    select(*_ITEM_FIELDS).where(JobItem.job_id == bindparam("job_id")).order_by(JobItem.item_index)
+)
+
+
+# Postgres only (the async polled reads): the job and its items in one round trip, the items as one
+# JSON array, so a job's parameters are not sent and decoded once per item.
+_JOB_WITH_ITEMS = CompiledSelect(
+    select(
+        *(Job.__table__.c[name] for name in _RECORD_FIELDS),
+        select(func.json_agg(aggregate_order_by(func.json_build_array(*_ITEM_FIELDS), JobItem.item_index)))
+        .where(JobItem.job_id == Job.__table__.c.id)
+        .scalar_subquery(),
+    ).where(Job.__table__.c.id == bindparam("job_id"))
 )
 
 
@@ -112,19 +123,17 @@ def job_record(connection: Connection, job_id: uuid.UUID) -> JobRecord | None:
 
 
 async def job_record_async(
-    connection: AsyncConnection[Any], dialect: Dialect, job_id: uuid.UUID, *, with_items: bool = False
+    connection: AsyncConnection[Any], dialect: Dialect, job_id: uuid.UUID
 ) -> JobRecord | None:
-    """`job_record` on an async psycopg connection; its items are read with it when `with_items` or
-    when the job's step statuses need them (no lazy read: there is no loop-free way back)."""
-    rows = await _JOB_RECORD.rows_async(connection, dialect, {"job_id": job_id})
+    """`job_record` on an async psycopg connection (Postgres), its items read with it."""
+    rows = await _JOB_WITH_ITEMS.rows_async(connection, dialect, {"job_id": job_id})
     if not rows:
         return None
-    fields = dict(zip(_RECORD_FIELDS, rows[0], strict=True))
-    items: list[ItemRecord] = []
-    if with_items or statuses_need_items(JobStatus(fields["status"]), fields["params"]):
-        raw = await _ITEM_RECORDS.rows_async(connection, dialect, {"job_id": job_id})
-        items = [ItemRecord(*row) for row in raw]
-    return JobRecord(**fields, items=items)
+    *fields, items = rows[0]
+    return JobRecord(
+        **dict(zip(_RECORD_FIELDS, fields, strict=True)),
+        items=[ItemRecord(*item) for item in items or ()],
+    )
 
 
 def item_records(connection: Connection, job_id: uuid.UUID) -> list[ItemRecord]:

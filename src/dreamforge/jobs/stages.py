@@ -88,11 +88,6 @@ def _past_generate(item: ItemState) -> bool:
     return item.status == "succeeded" or STEP_OF.get(item.stage or "", GENERATE_STEP) != GENERATE_STEP
 
 
-def statuses_need_items(job_status: JobStatus, params: Mapping[str, Any]) -> bool:
-    """Whether `step_statuses` reads the items: a job of one step, queued or succeeded has its own."""
-    return len(step_names(params)) > 1 and job_status not in (JobStatus.queued, JobStatus.succeeded)
-
-
 def step_statuses(
     job_status: JobStatus, params: Mapping[str, Any], items: Sequence[ItemState]
 ) -> list[tuple[str, JobStatus]]:
@@ -102,7 +97,7 @@ def step_statuses(
     item reached it; a failed or canceled job's unfinished steps share the job's status.
     """
     names = step_names(params)
-    if not statuses_need_items(job_status, params):
+    if len(names) == 1 or job_status in (JobStatus.queued, JobStatus.succeeded):
         return [(name, job_status) for name in names]
     generated = bool(items) and all(_past_generate(i) for i in items)
     all_done = bool(items) and all(i.status == "succeeded" for i in items)

@@ -92,11 +92,9 @@ async def _job_record_async(
     dialect: Dialect,
     job_id: uuid.UUID,
     principal: Principal,
-    *,
-    with_items: bool = False,
 ) -> JobRecord:
     """`_job_record` on the async Postgres pool."""
-    job = await jobs_repo.job_record_async(connection, dialect, job_id, with_items=with_items)
+    job = await jobs_repo.job_record_async(connection, dialect, job_id)
     if job is None or not principal.can_see(job.api_key_id):
         raise not_found("job", job_id)
     return job
@@ -328,7 +326,7 @@ async def progress(id: uuid.UUID, request: Request) -> Response:
     async def query_async(
         connection: AsyncConnection[Any], dialect: Dialect, caller: Principal
     ) -> ProgressResponse:
-        job = await _job_record_async(connection, dialect, id, caller, with_items=True)
+        job = await _job_record_async(connection, dialect, id, caller)
         return progress_view(job, job.items)
 
     return _json(await polled_read(request, query, query_async))
