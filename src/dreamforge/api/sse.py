@@ -25,7 +25,7 @@ from dreamforge.api.views import artifact_view
 from dreamforge.db import tables
 from dreamforge.events.feed import FeedHub, Loader
 from dreamforge.events.kinds import EventKind
-from dreamforge.events.repository import events_after
+from dreamforge.events.repository import EVENTS_PAGE, events_after
 from dreamforge.jobs import repository as jobs_repo
 from dreamforge.runtime import Runtime
 
@@ -113,6 +113,7 @@ def get_feeds(request: Request) -> FeedHub[StreamEvent]:
             max_streams_per_job=settings.sse_max_streams_per_job,
             max_streams_per_key=settings.sse_max_streams_per_key,
             poll_seconds=POLL_SECONDS,
+            page=EVENTS_PAGE,
         )
         request.app.state.feeds = feeds
     return feeds

@@ -65,12 +65,15 @@ class TooManyStreams(DreamForgeError):
 class JobFeed(Generic[T]):
     """One job's events in this process, read once and shared by every stream of the job."""
 
-    def __init__(self, job_id: uuid.UUID, load: Loader[T], notifier: Notifier, poll_seconds: float) -> None:
+    def __init__(
+        self, job_id: uuid.UUID, load: Loader[T], notifier: Notifier, poll_seconds: float, page: int
+    ) -> None:
         self.job_id = job_id
         self.streams = 0
         self._load = load
         self._notifier = notifier
         self._poll = poll_seconds
+        self._page = page
         self._items: list[T] = []
         self._ids: list[int] = []
         self._finished = False
@@ -107,11 +110,17 @@ class JobFeed(Generic[T]):
                     # Wake every waiting stream: they all read the same list.
                     changed, self._changed = self._changed, asyncio.Event()
                     changed.set()
+                    if self._finished:
+                        break
                     # Let the next events gather: each stream then sends them in one write, which
                     # keeps a crowd of watchers from taking the CPU the job needs.
                     await asyncio.sleep(min(COALESCE_MAX_SECONDS, COALESCE_SECONDS_PER_STREAM * self.streams))
-                else:
-                    await subscription.wait(self._poll)
+                    if len(batch) >= self._page:
+                        continue  # a full page: more may wait behind it, unannounced
+                # A wake-up flag set since the last wait stays set: events committed after the read
+                # above announced themselves, so the next read follows a wake-up, not a guess (an
+                # empty read after every batch was half of this feed's queries).
+                await subscription.wait(self._poll)
         finally:
             subscription.close()
 
@@ -147,8 +156,11 @@ class FeedHub(Generic[T]):
         max_streams_per_job: int,
         max_streams_per_key: int = 0,
         poll_seconds: float = 1.0,
+        page: int = 500,
     ) -> None:
         self._load = load
+        # The most events one call of `load` returns.
+        self._page = page
         self._notifier = notifier
         self._poll = poll_seconds
         self.max_streams = max_streams
@@ -174,7 +186,7 @@ class FeedHub(Generic[T]):
         """The job's feed for one stream (of API key `key`), counted while the stream is open."""
         feed = self._feeds.get(job_id)
         if feed is None:
-            feed = self._feeds[job_id] = JobFeed(job_id, self._load, self._notifier, self._poll)
+            feed = self._feeds[job_id] = JobFeed(job_id, self._load, self._notifier, self._poll, self._page)
         feed.streams += 1
         self.streams += 1
         if key is not None:

@@ -29,7 +29,13 @@ def add_event(
     return event
 
 
-def events_after(session: Session, job_id: uuid.UUID, after_id: int, limit: int = 500) -> Sequence[JobEvent]:
+# The most events one `events_after` call returns.
+EVENTS_PAGE = 500
+
+
+def events_after(
+    session: Session, job_id: uuid.UUID, after_id: int, limit: int = EVENTS_PAGE
+) -> Sequence[JobEvent]:
     """Events of a job with an id greater than `after_id`, oldest first."""
     stmt = (
         select(JobEvent)
