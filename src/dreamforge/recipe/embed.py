@@ -77,6 +77,12 @@ def _recipe_from_xmp(xmp: bytes) -> dict[str, Any] | None:
     return None
 
 
+# zlib level of our PNGs (Pillow's default is 6). Lossless either way; on a 1024x1024 photograph
+# here, level 4 encoded in 108 ms instead of 272 for a file 4 % larger (1 gave 60 ms, 13 % larger).
+# The encode runs once per image while a GPU waits, so its time is the service's overhead per job.
+PNG_COMPRESS_LEVEL = 4
+
+
 def encode_image(
     image: Image.Image, fmt: str, infotext: str | None = None, recipe: dict[str, Any] | None = None
 ) -> bytes:
@@ -89,7 +95,7 @@ def encode_image(
             info.add_text(INFOTEXT_KEY, infotext)
         if recipe is not None:
             info.add_itxt(RECIPE_KEY, json.dumps(recipe, sort_keys=True, ensure_ascii=False))
-        image.save(out, format="PNG", pnginfo=info)
+        image.save(out, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
     elif fmt == "jpg":
         kwargs: dict[str, Any] = {"quality": 95}
         if infotext is not None:
