@@ -2,7 +2,7 @@
 says `done`, its artifact stored) over a direct warm `pipe()` call of the same tiny model with the same
 parameters, in interleaved pairs. Targets: median pair ratio <= 1.02 embedded, <= 1.04 distributed.
 
-    python bench/serving_overhead.py [--pairs 20] [--size 256] [--steps 20] [--only embedded|distributed]
+    python bench/serving_overhead.py [--pairs 20] [--size 256] [--steps 30] [--only embedded|distributed]
 
 The direct call runs in this process on the engine's own loading path (SDXLEngine: CPU float32, and
 torch's threads as the service sets them, `DF_CPU_THREADS`'s default) with the service's default
@@ -260,7 +260,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1 if SMOKE else 20)
     # Chosen so that a direct call takes about a second on the 2-core benchmark machine.
     parser.add_argument("--size", type=int, default=64 if SMOKE else 256)
-    parser.add_argument("--steps", type=int, default=2 if SMOKE else 20)
+    parser.add_argument("--steps", type=int, default=2 if SMOKE else 30)
     parser.add_argument("--only", choices=sorted(TARGETS))
     args = parser.parse_args()
     # The tests' building blocks (Postgres database, moto's S3, service processes).
