@@ -185,6 +185,8 @@ def main() -> None:
         # libgomp's threads spin while they wait unless this says PASSIVE; beside other busy processes
         # that spinning slows renders many times over.
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+        # Torch threads per CPU render, as the service sets them (DF_CPU_THREADS, 0: cores - 1).
+        "cpu_threads": Settings().cpu_threads or max(1, len(os.sched_getaffinity(0)) - 1),
     }
     if not args.no_engine and not SMOKE:
         engine = engine_runs(2, args.size, args.steps)
