@@ -96,8 +96,8 @@ class Settings(BaseSettings):
     # reproducibility.
     max_batch: int | None = Field(default=None, ge=1, le=64)
     # CPU renders: torch's threads per render; 0 leaves one core free for serving (at least one
-    # thread). On the 2-core benchmark VMs one thread rendered the tiny model 1.6-2.8x faster than two
-    # (bench/serving_overhead.py), the second thread's wake-ups costing more than it computes.
+    # thread). On the 2-core benchmark VMs one thread rendered the tiny model 1.6-3x faster than two
+    # (alternating in one process), the second thread's wake-ups costing more than it computes.
     cpu_threads: int = Field(default=0, ge=0, le=1024)
     # CUDA only: compile the UNet once per loaded model (slow first render, faster steps after).
     compile: bool = False

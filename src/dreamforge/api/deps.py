@@ -7,15 +7,13 @@ concurrent requests those thread hops, not the work, set the rate a route serves
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import anyio
 import anyio.to_thread
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import OperationalError
@@ -26,9 +24,13 @@ from dreamforge.accounts.service import ANYONE, Principal, authenticate, authent
 from dreamforge.db.session import POLL_READ_CONNECTIONS
 from dreamforge.runtime import Runtime
 
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
+
 T = TypeVar("T")
 # A polled read's query on the async Postgres pool: (connection, its sync engine's dialect, caller).
-AsyncQuery = Callable[[AsyncConnection[Any], Dialect, Principal], Awaitable[T]]
+AsyncQuery = Callable[["AsyncConnection[Any]", Dialect, Principal], Awaitable[T]]
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -124,6 +126,9 @@ async def polled_read(
         return work(runtime.loop_reads)
     pool: AsyncConnectionPool[Any] | None = getattr(request.app.state, "poll_pool", None)
     if pool is not None and runtime.poll_reads is not None:
+        # Postgres only: an embedded (SQLite) process never imports the driver's pool.
+        from psycopg_pool import PoolTimeout
+
         dialect = runtime.poll_reads.dialect
         try:
             async with pool.connection() as connection:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
-from psycopg import AsyncConnection
 from pydantic import BaseModel, BeforeValidator
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
@@ -54,6 +53,9 @@ from dreamforge.jobs.service import cancel_job, submit_job
 from dreamforge.runtime import Runtime
 from dreamforge.webhooks import repository as webhooks_repo
 from dreamforge.webhooks.delivery import redeliver
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=UNAUTHORIZED)
 
