@@ -141,6 +141,12 @@ async def polled_read(
         except PoolTimeout as exc:
             # No connection within the pool's timeout: the database is away (503, retry shortly).
             raise OperationalError("connect", None, exc) from exc
+        except OperationalError:
+            # The database dropped a connection (a restart, an outage): the idle ones are likely
+            # dead too. Checked now, so the polls after recovery find live connections instead of
+            # failing one by one, as SQLAlchemy's pool is invalidated on a disconnect.
+            await pool.check()
+            raise
     if runtime.poll_reads is None:
         return await run_in_threadpool(work, runtime.db_engine)
     return await anyio.to_thread.run_sync(work, runtime.poll_reads, limiter=_poll_limiter(request))
