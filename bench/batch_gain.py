@@ -152,6 +152,13 @@ def unet_per_image(size: int, rounds: int) -> dict[int, float]:
     return out
 
 
+def _default_cpu_threads() -> int:
+    # The engine's own rule; imported here because it imports torch.
+    from dreamforge.engines.device import default_cpu_threads
+
+    return default_cpu_threads()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=1 if SMOKE else 3)
@@ -186,7 +193,7 @@ def main() -> None:
         # that spinning slows renders many times over.
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         # Torch threads per CPU render, as the service sets them (DF_CPU_THREADS, 0: cores - 1).
-        "cpu_threads": Settings().cpu_threads or max(1, len(os.sched_getaffinity(0)) - 1),
+        "cpu_threads": Settings().cpu_threads or _default_cpu_threads(),
     }
     if not args.no_engine and not SMOKE:
         engine = engine_runs(2, args.size, args.steps)
