@@ -66,8 +66,9 @@ log = logging.getLogger(__name__)
 # step), few enough to keep the event log small. Each is a transaction and a wake-up of every stream,
 # which on a CPU-bound box take cores from the render itself (bench/serving_overhead.py).
 PROGRESS_INTERVAL_SECONDS = 0.25
-# A running job reads its cancel flag from the database at most this often, from the step callback:
-# one indexed read per interval, in every topology, with no channel that could drop the request.
+# A running job's progress writer reads its cancel flag from the database this often between writes:
+# one indexed read per interval, in every topology, with no channel that could drop the request. The
+# step callback only looks at the flag the writer sets, so no step waits on the database.
 CANCEL_POLL_SECONDS = 0.1
 # Exit status of a worker process whose GPU failed beyond repair (EX_SOFTWARE): restart me.
 DEVICE_FAULT_EXIT_CODE = 70
@@ -203,7 +204,6 @@ class _JobRun:
         self.stages: list[ItemStage] = []
         self.upscaler_info: dict[str, Any] = {}
         self.upscaler_runtime: dict[str, str] = {}
-        self._cancel_checked = 0.0
         # Started by `execute`: writes step progress off the render thread.
         self.writer: ProgressWriter | None = None
 
@@ -217,14 +217,15 @@ class _JobRun:
     def check(self) -> None:
         """Stop between steps if the job was canceled or taken away, the worker stops, or time ran out."""
         self._check_worker()
-        if self.writer is not None and self.writer.canceled.is_set():
+        assert self.writer is not None
+        self.writer.raise_failure()
+        if self.writer.canceled.is_set():
             raise JobCanceled
-        now = time.monotonic()
-        if now - self._cancel_checked >= CANCEL_POLL_SECONDS:
-            self._cancel_checked = now
-            with self.ctx.sessions() as s:
-                if jobs_repo.cancel_requested(s, self.job_id):
-                    raise JobCanceled
+
+    def _read_cancel(self) -> bool:
+        """The progress writer's read of the cancel flag between writes."""
+        with self.ctx.sessions() as s:
+            return jobs_repo.cancel_requested(s, self.job_id)
 
     def _check_worker(self) -> None:
         """The checks that need no database: lease lost, worker stopping, time limit."""
@@ -246,7 +247,12 @@ class _JobRun:
         return job
 
     def execute(self) -> None:
-        self.writer = ProgressWriter(self._write_progress, name=f"progress-{self.job_id}")
+        self.writer = ProgressWriter(
+            self._write_progress,
+            name=f"progress-{self.job_id}",
+            poll=self._read_cancel,
+            poll_seconds=CANCEL_POLL_SECONDS,
+        )
         try:
             self._execute()
         finally:
@@ -479,8 +485,6 @@ class _JobRun:
                 assert self.writer is not None
                 report = StepReport(stage, step, total, item_progress)
                 self.writer.report(dict.fromkeys((item.index for item in items), report))
-                # The writer reads the cancel flag with each write.
-                self._cancel_checked = now
             self.check()
 
         return on_step
