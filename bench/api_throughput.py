@@ -3,6 +3,11 @@ from a separate load process (bench/load.py), each interleaved with a bare FastA
 same uvicorn on this machine (the ceiling). Targets: GET >= 0.5 of the ceiling, POST >= 0.25, no errors,
 in both topologies.
 
+The floors of POST (informational, `api_throughput.floor.*`): the ceiling app's `POST /floor/validate`
+(the body validated by the API's request model, nothing else) and `POST /floor/publish` (that plus one
+Celery message, as each accepted distributed job sends; needs Redis), each against the ceiling. They
+show how much of the POST target is left once a request is parsed and its job handed to the broker.
+
 Embedded: `dreamforge serve`; the reads poll a finished job, and the created jobs render (1 step, 64x64)
 on the in-process worker meanwhile: that contention is part of what a user of one box gets. Distributed:
 the API on Postgres, Redis and S3 with no worker, so what is measured is the API process alone; the
@@ -18,6 +23,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +31,7 @@ from typing import Any
 
 import httpx
 from common import (
+    REDIS_URL,
     ROOT,
     SMOKE,
     Result,
@@ -106,6 +113,40 @@ def _measure(topology: str, root: str, job: str, ceiling_url: str, rounds: int, 
         )
 
 
+def _floors(ceiling_url: str, rounds: int, seconds: float, publish: bool) -> None:
+    """The POST floors against the ceiling, interleaved (api_throughput.floor.*, informational)."""
+    root = ceiling_url.removesuffix("/ping")
+    floors = {"validate": "the body validated by the API's request model, nothing stored or sent"}
+    if publish:
+        floors["publish"] = "validated, then one Celery message published (no database)"
+    for name, what in floors.items():
+        ceilings, runs = [], []
+        # Fewer rounds than the routes': these only bound the target, and make bench has 10 minutes.
+        for _ in range(min(rounds, 2)):
+            ceilings.append(_load(ceiling_url, seconds))
+            runs.append(_load(f"{root}/floor/{name}", seconds, "POST", json.dumps(JOB)))
+        ratios = [float(r["rps"]) / float(c["rps"]) for r, c in zip(runs, ceilings, strict=True)]
+        errors = sum(int(r["errors"]) for r in runs)
+        record(
+            Result(
+                name=f"api_throughput.floor.{name}",
+                ratio=median(ratios),
+                target=f"informational: the most POST /v1/jobs could reach ({TARGETS['create_job']} wanted)",
+                passed=errors == 0,
+                unit="requests/s",
+                median=median([float(r["rps"]) for r in runs]),
+                p95=median([float(r["p95_ms"]) for r in runs]),
+                details={
+                    "what": what,
+                    "ceiling_rps": [c["rps"] for c in ceilings],
+                    "rps": [r["rps"] for r in runs],
+                    "errors": errors,
+                    "ratios": [round(r, 3) for r in ratios],
+                },
+            )
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=1 if SMOKE else 3)
@@ -117,7 +158,19 @@ def main() -> None:
         ceiling_port = free_port()
         ceiling_cmd = [sys.executable, str(ROOT / "bench" / "ceiling_app.py"), str(ceiling_port)]
         ceiling_url = f"http://127.0.0.1:{ceiling_port}/ping"
-        with process(ceiling_cmd, {}, ceiling_url, Path(tmp) / "ceiling.log"):
+        why_not = services_reachable()
+        floor_queue = f"bench-floor-{uuid.uuid4().hex[:8]}"
+        floor_env = {} if why_not else {"FLOOR_REDIS_URL": REDIS_URL, "FLOOR_QUEUE": floor_queue}
+        with process(ceiling_cmd, floor_env, ceiling_url, Path(tmp) / "ceiling.log"):
+            try:
+                _floors(ceiling_url, args.rounds, args.seconds, publish=why_not is None)
+            finally:
+                if why_not is None:
+                    import redis
+
+                    client = redis.Redis.from_url(REDIS_URL)
+                    client.delete(floor_queue)
+                    client.close()
             for topology in topologies:
                 if topology == "distributed" and (why := services_reachable()) is not None:
                     print(f"distributed topology skipped: {why}")
