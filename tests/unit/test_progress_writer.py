@@ -62,7 +62,7 @@ def test_writes_carry_the_read_so_frequent_progress_makes_no_extra_reads() -> No
             writer.flush()
             time.sleep(0.01)
         assert flag.writes >= 1
-        assert flag.reads == 0
+        assert flag.reads <= 1, "only the read made as the writer starts"
     finally:
         writer.close()
 

@@ -81,7 +81,8 @@ class ProgressWriter:
             raise self._error
 
     def _loop(self) -> None:
-        due = time.monotonic() + self._poll_seconds
+        # Read at once: a cancel asked for while the job was being claimed stops it before its first step.
+        due = time.monotonic()
         while True:
             with self._cond:
                 while not self._pending and not self._closed:
