@@ -14,6 +14,7 @@ import redis
 from conftest import redis_url, register_tiny, stage_job
 from s3_server import MotoS3
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 from support import free_port
 
 from dreamforge.api.schemas import JobStatus
@@ -26,6 +27,7 @@ from dreamforge.jobs import repository as jobs_repo
 from dreamforge.jobs.recovery import Reconciler
 from dreamforge.runtime import engine_providers
 from dreamforge.storage.s3 import S3ArtifactStore
+from dreamforge.worker import celery_app
 from dreamforge.worker.context import WorkerContext
 from dreamforge.worker.runner import run_job
 
@@ -78,6 +80,30 @@ def test_a_job_no_message_carries_is_sent_once(reconciler: Reconciler, distribut
     with reconciler.sessions() as s:
         job = jobs_repo.get_job(s, job_id)
         assert job is not None and job.dispatched_at is not None
+
+
+def test_a_job_whose_claim_met_the_database_away_is_sent_again(
+    distributed: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's task: a database error out of `run_job` is acknowledged with the message, and the
+    job, marked as sent, would then wait for a message that no longer exists."""
+    engine = create_db_engine(distributed.database_url)
+    job_id = stage_job(make_session_factory(engine))
+    engine.dispose()
+
+    def database_away(_ctx: WorkerContext, _job_id: uuid.UUID) -> None:
+        raise OperationalError("UPDATE jobs ...", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(celery_app, "run_job", database_away)
+    monkeypatch.setattr(celery_app, "RESEND_AFTER_DB_ERROR_SECONDS", 0.0)
+    # The task's own state object: the app's other parts connect process-wide signals.
+    state = celery_app._WorkerState(distributed, make_celery(distributed))
+    try:
+        assert state.run(str(job_id)) is None
+        assert _queue_length(distributed) == 1, "the job was sent again"
+    finally:
+        if state.runtime is not None:
+            state.runtime.close()
 
 
 def test_abandoned_jobs_are_requeued_then_failed_when_out_of_attempts(

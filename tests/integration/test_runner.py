@@ -15,6 +15,8 @@ import pytest
 from conftest import register_tiny, stage_job
 from fake_engine import FakeEngine
 from sqlalchemy import delete, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from dreamforge.api.schemas import DEFAULT_PROVIDER, JobStatus
 from dreamforge.config import Settings
@@ -145,3 +147,27 @@ def test_a_job_is_claimed_once(ctx: WorkerContext) -> None:
     job_id = _submit(ctx)
     assert run_job(ctx, job_id) is JobStatus.succeeded
     assert run_job(ctx, job_id) is None
+
+
+def test_a_connection_dropped_as_the_job_is_claimed_is_replaced_and_the_job_runs(
+    ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = _submit(ctx)
+    claim = jobs_repo.claim_job
+    calls: list[uuid.UUID] = []
+
+    def dropped_once(session: Session, job: uuid.UUID, worker_id: str, lease_seconds: float) -> bool:
+        calls.append(job)
+        if len(calls) == 1:
+            # What the driver raises when Postgres killed the backend between the pool's ping and the claim.
+            raise OperationalError(
+                "UPDATE jobs ...", {}, Exception("server closed the connection"), connection_invalidated=True
+            )
+        return claim(session, job, worker_id, lease_seconds)
+
+    monkeypatch.setattr(jobs_repo, "claim_job", dropped_once)
+    assert run_job(ctx, job_id) is JobStatus.succeeded
+    assert len(calls) == 2
+    with ctx.sessions() as s:
+        job = jobs_repo.get_job(s, job_id)
+        assert job is not None and (job.status, job.attempts) == ("succeeded", 1)

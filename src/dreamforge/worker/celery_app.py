@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from typing import Any
 
 from celery import Celery, signals
 from celery.worker import state as celery_worker_state
+from sqlalchemy.exc import SQLAlchemyError
 
 from dreamforge.broker.celery import TASK_NAME, WEBHOOK_TASK_NAME, make_celery
 from dreamforge.config import Settings
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # Exit status after DF_WORKER_MAX_JOBS jobs: a planned restart (EX_TEMPFAIL), not a failure.
 RECYCLE_EXIT_CODE = 75
+# Seconds a worker waits before sending on a job whose claim the database refused: during an outage the
+# message would otherwise circle between the workers as fast as they can fail.
+RESEND_AFTER_DB_ERROR_SECONDS = 1.0
 
 
 class _WorkerState:
@@ -62,6 +67,15 @@ class _WorkerState:
         assert runtime.worker_context is not None
         try:
             status = run_job(runtime.worker_context, uuid.UUID(job_id))
+        except SQLAlchemyError as exc:
+            # Out of the job's own handling: its claim (or last bookkeeping) met the database away. The
+            # message is acknowledged when this returns, and the job, marked as sent, would wait for
+            # no message. Sent again it is claimed once the database is back; were it claimed after
+            # all, the duplicate is a no-op and a lapsed lease brings the job back.
+            log.warning("job %s: database unavailable (%s); sending the job again", job_id, exc)
+            time.sleep(RESEND_AFTER_DB_ERROR_SECONDS)
+            self._resend(runtime, job_id)
+            return None
         except DeviceFault:
             # The job is re-queued; this process's GPU context is unusable. Send the job on, then
             # leave once this task is acknowledged, non-zero so the supervisor starts a fresh one.

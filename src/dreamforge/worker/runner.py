@@ -674,7 +674,18 @@ def _run_job(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus | None:
     settings = ctx.settings
     timings = JobTimings()
     with timings.phase("claim"):
-        claimed = _claim(ctx, job_id, timings)
+        try:
+            claimed = _claim(ctx, job_id, timings)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # A backend killed (or a failover) between the pool's liveness check and the claim: the pool
+            # has been invalidated, so a second try gets a fresh connection. A claim that committed
+            # before the drop finds the job running and stops; its lease brings the job back.
+            log.warning(
+                "job %s: database connection lost while claiming (%s); trying again", job_id, exc.orig
+            )
+            claimed = _claim(ctx, job_id, timings)
     if not claimed:
         return None
     started = time.monotonic()
