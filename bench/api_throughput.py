@@ -82,35 +82,62 @@ def _measure(topology: str, root: str, job: str, ceiling_url: str, rounds: int, 
         "get_progress": ("GET", f"{root}/v1/jobs/{job}/progress", None),
         "create_job": ("POST", f"{root}/v1/jobs", json.dumps(JOB)),
     }
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
-    ceilings: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
     # Route by route, so the reads are measured before the created jobs keep the worker busy.
-    for name, (method, url, body) in targets.items():
-        for _ in range(rounds):
-            ceilings[name].append(_load(ceiling_url, seconds))
-            runs[name].append(_load(url, seconds, method, body))
+    measured = {
+        name: _interleaved(ceiling_url, url, rounds, seconds, method, body)
+        for name, (method, url, body) in targets.items()
+    }
     for name, target in TARGETS.items():
-        ratios = [float(r["rps"]) / float(c["rps"]) for r, c in zip(runs[name], ceilings[name], strict=True)]
-        errors = sum(int(r["errors"]) for r in runs[name])
-        ratio = median(ratios)
-        record(
-            Result(
-                name=f"api_throughput.{topology}.{name}",
-                ratio=ratio,
-                target=f">= {target} of the ceiling, 0 errors",
-                passed=ratio >= target and errors == 0,
-                unit="requests/s",
-                median=median([float(r["rps"]) for r in runs[name]]),
-                p95=median([float(r["p95_ms"]) for r in runs[name]]),
-                details={
-                    "ceiling_rps": [c["rps"] for c in ceilings[name]],
-                    "rps": [r["rps"] for r in runs[name]],
-                    "p95_ms": [r["p95_ms"] for r in runs[name]],
-                    "errors": errors,
-                    "ratios": [round(r, 3) for r in ratios],
-                },
-            )
+        _record(
+            f"api_throughput.{topology}.{name}",
+            f">= {target} of the ceiling, 0 errors",
+            *measured[name],
+            target,
         )
+
+
+def _interleaved(
+    ceiling_url: str, url: str, rounds: int, seconds: float, method: str = "GET", body: str | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`rounds` loads of the ceiling and of `url`, alternating: (the ceiling's, `url`'s)."""
+    ceilings, runs = [], []
+    for _ in range(rounds):
+        ceilings.append(_load(ceiling_url, seconds))
+        runs.append(_load(url, seconds, method, body))
+    return ceilings, runs
+
+
+def _record(
+    name: str,
+    target: str,
+    ceilings: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    minimum: float | None,
+    **extra: Any,
+) -> None:
+    """Record runs against their ceilings: passed with no errors and, given a `minimum`, that ratio."""
+    ratios = [float(r["rps"]) / float(c["rps"]) for r, c in zip(runs, ceilings, strict=True)]
+    errors = sum(int(r["errors"]) for r in runs)
+    ratio = median(ratios)
+    record(
+        Result(
+            name=name,
+            ratio=ratio,
+            target=target,
+            passed=errors == 0 and (minimum is None or ratio >= minimum),
+            unit="requests/s",
+            median=median([float(r["rps"]) for r in runs]),
+            p95=median([float(r["p95_ms"]) for r in runs]),
+            details={
+                **extra,
+                "ceiling_rps": [c["rps"] for c in ceilings],
+                "rps": [r["rps"] for r in runs],
+                "p95_ms": [r["p95_ms"] for r in runs],
+                "errors": errors,
+                "ratios": [round(r, 3) for r in ratios],
+            },
+        )
+    )
 
 
 def _floors(ceiling_url: str, rounds: int, seconds: float, publish: bool) -> None:
@@ -120,31 +147,12 @@ def _floors(ceiling_url: str, rounds: int, seconds: float, publish: bool) -> Non
     if publish:
         floors["publish"] = "validated, then one Celery message published (no database)"
     for name, what in floors.items():
-        ceilings, runs = [], []
         # Fewer rounds than the routes': these only bound the target, and make bench has 10 minutes.
-        for _ in range(min(rounds, 2)):
-            ceilings.append(_load(ceiling_url, seconds))
-            runs.append(_load(f"{root}/floor/{name}", seconds, "POST", json.dumps(JOB)))
-        ratios = [float(r["rps"]) / float(c["rps"]) for r, c in zip(runs, ceilings, strict=True)]
-        errors = sum(int(r["errors"]) for r in runs)
-        record(
-            Result(
-                name=f"api_throughput.floor.{name}",
-                ratio=median(ratios),
-                target=f"informational: the most POST /v1/jobs could reach ({TARGETS['create_job']} wanted)",
-                passed=errors == 0,
-                unit="requests/s",
-                median=median([float(r["rps"]) for r in runs]),
-                p95=median([float(r["p95_ms"]) for r in runs]),
-                details={
-                    "what": what,
-                    "ceiling_rps": [c["rps"] for c in ceilings],
-                    "rps": [r["rps"] for r in runs],
-                    "errors": errors,
-                    "ratios": [round(r, 3) for r in ratios],
-                },
-            )
+        measured = _interleaved(
+            ceiling_url, f"{root}/floor/{name}", min(rounds, 2), seconds, "POST", json.dumps(JOB)
         )
+        target = f"informational: the most POST /v1/jobs could reach ({TARGETS['create_job']} wanted)"
+        _record(f"api_throughput.floor.{name}", target, *measured, None, what=what)
 
 
 def main() -> None:
