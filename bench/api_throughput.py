@@ -3,10 +3,13 @@ from a separate load process (bench/load.py), each interleaved with a bare FastA
 same uvicorn on this machine (the ceiling). Targets: GET >= 0.5 of the ceiling, POST >= 0.25, no errors,
 in both topologies.
 
-The floors of POST (informational, `api_throughput.floor.*`): the ceiling app's `POST /floor/validate`
-(the body validated by the API's request model, nothing else) and `POST /floor/publish` (that plus one
-Celery message, as each accepted distributed job sends; needs Redis), each against the ceiling. They
-show how much of the POST target is left once a request is parsed and its job handed to the broker.
+The floors (informational, `api_throughput.floor.*`), each against the ceiling: the ceiling app's
+`POST /floor/validate` (the body validated by the API's request model, nothing else), `POST
+/floor/publish` (that plus one Celery message, as each accepted distributed job sends), `POST
+/floor/insert` (validated, then stored as one Postgres row in one durable commit) and `GET
+/floor/select/{id}` (one Postgres row read by its key, on the API's kind of pool). They show how much
+of a target is left once a request has done the least its route must (all but `validate` need Redis
+and Postgres; see bench/ceiling_app.py).
 
 Embedded: `dreamforge serve`; the reads poll a finished job, and the created jobs render (1 step, 64x64)
 on the in-process worker meanwhile: that contention is part of what a user of one box gets. Distributed:
@@ -19,6 +22,7 @@ reads poll a queued job and created jobs wait in the queue (deleted afterwards).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -140,25 +144,64 @@ def _record(
     )
 
 
-def _floors(ceiling_url: str, rounds: int, seconds: float, publish: bool) -> None:
-    """The POST floors against the ceiling, interleaved (api_throughput.floor.*, informational)."""
+# The row the select floor reads: the ceiling app makes it (FLOOR_ROW).
+FLOOR_ROW = "0b7e6f5c-2f7a-4a0e-8d7e-3c1f2a9b6d44"
+# The floors: (path, method, what it does, the target it bounds).
+FLOORS = {
+    "validate": (
+        "floor/validate",
+        "POST",
+        "the body validated by the API's request model, nothing stored or sent",
+        "create_job",
+    ),
+    "publish": (
+        "floor/publish",
+        "POST",
+        "validated, then one Celery message published (no database)",
+        "create_job",
+    ),
+    "insert": (
+        "floor/insert",
+        "POST",
+        "validated, then inserted as one Postgres row in one durable commit (nothing sent)",
+        "create_job",
+    ),
+    "select": (
+        f"floor/select/{FLOOR_ROW}",
+        "GET",
+        "one small Postgres row read by its key on the API's kind of async pool",
+        "get_job",
+    ),
+}
+
+
+def _floors(ceiling_url: str, rounds: int, seconds: float, services: bool) -> None:
+    """The floors against the ceiling, interleaved (api_throughput.floor.*, informational): what a
+    route could reach at most, before any of our own work. Without Redis and Postgres, only `validate`."""
     root = ceiling_url.removesuffix("/ping")
-    floors = {"validate": "the body validated by the API's request model, nothing stored or sent"}
-    if publish:
-        floors["publish"] = "validated, then one Celery message published (no database)"
-    for name, what in floors.items():
-        # Fewer rounds than the routes': these only bound the target, and make bench has 10 minutes.
-        measured = _interleaved(
-            ceiling_url, f"{root}/floor/{name}", min(rounds, 2), seconds, "POST", json.dumps(JOB)
-        )
-        target = f"informational: the most POST /v1/jobs could reach ({TARGETS['create_job']} wanted)"
+    for name, (path, method, what, bounds) in FLOORS.items():
+        if name != "validate" and not services:
+            continue
+        body = json.dumps(JOB) if method == "POST" else None
+        # Fewer rounds than the routes': these only bound the targets, and make bench has 10 minutes.
+        measured = _interleaved(ceiling_url, f"{root}/{path}", min(rounds, 2), seconds, method, body)
+        route = "POST /v1/jobs" if bounds == "create_job" else "a polled GET in the distributed topology"
+        target = f"informational: the most {route} could reach ({TARGETS[bounds]} wanted)"
         _record(f"api_throughput.floor.{name}", target, *measured, None, what=what)
+
+
+def _delete_queue(queue: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.delete(queue)
+    client.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=1 if SMOKE else 3)
-    parser.add_argument("--seconds", type=float, default=1.0 if SMOKE else 4.0)
+    parser.add_argument("--seconds", type=float, default=0.3 if SMOKE else 4.0)
     parser.add_argument("--only", choices=["embedded", "distributed"])
     args = parser.parse_args()
     topologies = [args.only] if args.only else ["embedded", "distributed"]
@@ -168,17 +211,22 @@ def main() -> None:
         ceiling_url = f"http://127.0.0.1:{ceiling_port}/ping"
         why_not = services_reachable()
         floor_queue = f"bench-floor-{uuid.uuid4().hex[:8]}"
-        floor_env = {} if why_not else {"FLOOR_REDIS_URL": REDIS_URL, "FLOOR_QUEUE": floor_queue}
-        with process(ceiling_cmd, floor_env, ceiling_url, Path(tmp) / "ceiling.log"):
-            try:
-                _floors(ceiling_url, args.rounds, args.seconds, publish=why_not is None)
-            finally:
-                if why_not is None:
-                    import redis
+        with contextlib.ExitStack() as stack:
+            floor_env = {}
+            if why_not is None:
+                sys.path.insert(0, str(ROOT / "tests"))
+                from conftest import pg_database
 
-                    client = redis.Redis.from_url(REDIS_URL)
-                    client.delete(floor_queue)
-                    client.close()
+                db_url = stack.enter_context(pg_database()).replace("postgresql+psycopg://", "postgresql://")
+                floor_env = {
+                    "FLOOR_REDIS_URL": REDIS_URL,
+                    "FLOOR_QUEUE": floor_queue,
+                    "FLOOR_DB_URL": db_url,
+                    "FLOOR_ROW": FLOOR_ROW,
+                }
+                stack.callback(_delete_queue, floor_queue)
+            stack.enter_context(process(ceiling_cmd, floor_env, ceiling_url, Path(tmp) / "ceiling.log"))
+            _floors(ceiling_url, args.rounds, args.seconds, services=why_not is None)
             for topology in topologies:
                 if topology == "distributed" and (why := services_reachable()) is not None:
                     print(f"distributed topology skipped: {why}")

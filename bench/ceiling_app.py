@@ -1,10 +1,16 @@
 """The ceiling of the API throughput benchmark: a bare FastAPI endpoint returning a small JSON body,
 served by the same uvicorn build and settings as `dreamforge serve`.
 
-Two floors of `POST /v1/jobs` too, for the doc: what a POST costs before any of our own work.
-`POST /floor/validate` only validates the body with the API's own request model (on the event loop);
-`POST /floor/publish` also publishes one Celery message, as every accepted distributed job does, on a
-worker thread as the real route runs (only when FLOOR_REDIS_URL and FLOOR_QUEUE are set).
+Floors too, for the doc: what a route costs before any of our own work.
+- `POST /floor/validate` only validates the body with the API's own request model (on the event loop).
+- `POST /floor/publish` also publishes one Celery message, as every accepted distributed job does, on
+  a worker thread as the real route runs (only when FLOOR_REDIS_URL and FLOOR_QUEUE are set).
+- Two on Postgres (only when FLOOR_DB_URL, a scratch database, and FLOOR_ROW, the row to read, are
+  set), on the event loop through an async psycopg pool sized and set up as the API's polled-read pool
+  (`db.session.open_poll_pool`): `GET /floor/select/{id}` reads one small row by its key, the least a
+  polled read of a job stored in Postgres does; `POST /floor/insert` validates the body and inserts it
+  as one row in one autocommitted transaction (a durable commit, Postgres' default), the least a POST
+  that keeps an accepted job does before it answers, whatever hands the job to a worker afterwards.
 
     python bench/ceiling_app.py PORT
 """
@@ -14,6 +20,9 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -21,7 +30,40 @@ from fastapi.responses import JSONResponse
 
 from dreamforge.api.schemas import JobCreateRequest
 
-app = FastAPI()
+FLOOR_DB_URL = os.environ.get("FLOOR_DB_URL")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    if not FLOOR_DB_URL:
+        yield
+        return
+    from psycopg_pool import AsyncConnectionPool
+
+    from dreamforge.db.session import POLL_POOL_TIMEOUT_SECONDS, POLL_READ_CONNECTIONS
+
+    async with AsyncConnectionPool(
+        FLOOR_DB_URL,
+        min_size=POLL_READ_CONNECTIONS,
+        max_size=POLL_READ_CONNECTIONS,
+        kwargs={"autocommit": True},
+        timeout=POLL_POOL_TIMEOUT_SECONDS,
+        open=False,
+    ) as pool:
+        async with pool.connection() as connection:
+            await connection.execute(
+                "CREATE TABLE IF NOT EXISTS floor_jobs (id uuid PRIMARY KEY, status text NOT NULL,"
+                " body jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now())"
+            )
+            await connection.execute(
+                "INSERT INTO floor_jobs (id, status, body) VALUES (%s, 'running', '{}')",
+                (os.environ["FLOOR_ROW"],),
+            )
+        app.state.pool = pool
+        yield
+
+
+app = FastAPI(lifespan=lifespan)
 
 
 @app.get("/ping")
@@ -54,6 +96,28 @@ if os.environ.get("FLOOR_REDIS_URL") and os.environ.get("FLOOR_QUEUE"):
     def publish(body: JobCreateRequest) -> JSONResponse:
         job_id = str(uuid.uuid4())
         celery.send_task(TASK_NAME, args=[job_id], queue=queue)
+        return _accepted(job_id)
+
+
+if FLOOR_DB_URL:
+
+    @app.get("/floor/select/{job_id}")
+    async def select(job_id: uuid.UUID) -> JSONResponse:
+        pool: Any = app.state.pool
+        async with pool.connection() as connection:
+            cursor = await connection.execute("SELECT id, status FROM floor_jobs WHERE id = %s", (job_id,))
+            row = await cursor.fetchone()
+        return JSONResponse({"id": str(row[0]), "status": row[1], "summary": {"count": 1, "completed": 0}})
+
+    @app.post("/floor/insert", status_code=202)
+    async def insert(body: JobCreateRequest) -> JSONResponse:
+        pool: Any = app.state.pool
+        job_id = str(uuid.uuid4())
+        async with pool.connection() as connection:
+            await connection.execute(
+                "INSERT INTO floor_jobs (id, status, body) VALUES (%s, 'queued', %s)",
+                (job_id, body.model_dump_json()),
+            )
         return _accepted(job_id)
 
 
