@@ -11,12 +11,17 @@ Floors too, for the doc: what a route costs before any of our own work.
   polled read of a job stored in Postgres does; `POST /floor/insert` validates the body and inserts it
   as one row in one autocommitted transaction (a durable commit, Postgres' default), the least a POST
   that keeps an accepted job does before it answers, whatever hands the job to a worker afterwards.
+- The SSE fan-out's floor: `GET /floor/stream` is an sse-starlette stream, as the API's; every `POST
+  /floor/fire?kind=...` sends all open streams one more frame (ids from 2; the first frame, id 1, comes
+  as a stream opens), a job event's size, encoded once; a `done` frame ends them. No database, no
+  render: the least a fan-out to that many streams costs with this stack on this machine.
 
     python bench/ceiling_app.py PORT
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import uuid
@@ -27,6 +32,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from dreamforge.api.schemas import JobCreateRequest
 
@@ -97,6 +103,56 @@ if os.environ.get("FLOOR_REDIS_URL") and os.environ.get("FLOOR_QUEUE"):
         job_id = str(uuid.uuid4())
         celery.send_task(TASK_NAME, args=[job_id], queue=queue)
         return _accepted(job_id)
+
+
+def _frame(event_id: int, kind: str) -> bytes:
+    data = (
+        '{"job_id":"6a1f0c9e-5b7d-4d5e-9a61-0f2b9d8c7e11","ts":"2026-12-04T21:00:00.000000+00:00",'
+        f'"step":{event_id},"total":60,"item_index":0}}'
+    )
+    return ServerSentEvent(data=data, event=kind, id=str(event_id)).encode()
+
+
+class _Fanout:
+    """The frames sent so far, and the event that wakes every stream for the next one."""
+
+    def __init__(self) -> None:
+        self.frames = [_frame(1, "queued")]
+        self.done = False
+        self.changed = asyncio.Event()
+
+    def fire(self, kind: str) -> int:
+        self.frames.append(_frame(len(self.frames) + 1, kind))
+        self.done = kind == "done"
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+        return len(self.frames)
+
+
+fanout = _Fanout()
+
+
+@app.get("/floor/stream")
+async def stream() -> EventSourceResponse:
+    async def frames() -> AsyncIterator[bytes]:
+        sent = 0
+        while True:
+            changed = fanout.changed
+            if sent < len(fanout.frames):
+                batch, sent = fanout.frames[sent:], len(fanout.frames)
+                yield b"".join(batch)
+                if fanout.done and sent == len(fanout.frames):
+                    return
+            else:
+                await changed.wait()
+
+    # The API's ping interval (DF_SSE_PING_SECONDS' default): no ping falls inside a measurement.
+    return EventSourceResponse(frames(), ping=15)
+
+
+@app.post("/floor/fire", status_code=202)
+async def fire(kind: str = "progress") -> dict[str, int]:
+    return {"id": fanout.fire(kind)}
 
 
 if FLOOR_DB_URL:

@@ -27,7 +27,7 @@ being measured, and it writes an in-memory copy in 64 KiB pieces.)
   file, interleaved, page cache warm; ratio = sha256sum's time / ours. Target: >= 0.9 of sha256sum.
   `openssl dgst -sha256` is timed too, as context only (the details' `openssl_dgst_mb_s`).
 
-    python bench/downloads.py [--rounds 3]
+    python bench/downloads.py [--rounds 5]
 """
 
 from __future__ import annotations
@@ -516,7 +516,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=1 if SMOKE else 3)
+    parser.add_argument("--rounds", type=int, default=1 if SMOKE else 5)
     roles = parser.add_subparsers(dest="role")
     serving = roles.add_parser("serve", help="(internal) serve FILE on PORT")
     serving.add_argument("file", type=Path)
