@@ -191,6 +191,59 @@ def _gpu_measured(benchmarks: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _floors(benchmarks: dict[str, Any]) -> list[str]:
+    """The floors beside the results they bound: a floor short of its target means no route doing
+    that least work meets the target with this stack on this machine."""
+
+    def ratio(name: str) -> str | None:
+        result = benchmarks.get(name)
+        return None if result is None else f"{result['ratio']:.3f}"
+
+    def spread(name: str) -> str | None:
+        result = benchmarks.get(name)
+        return None if result is None or result.get("p95") is None else f"{result['p95']:.1f} ms"
+
+    rows = []
+    post = [
+        (what, ratio(f"api_throughput.floor.{key}"))
+        for key, what in (("validate", "body validated"), ("insert", "+ one durable Postgres insert"))
+    ]
+    post += [("validated + one Celery publish", ratio("api_throughput.floor.publish"))]
+    ours = [(t, ratio(f"api_throughput.{t}.create_job")) for t in ("embedded", "distributed")]
+    if any(v for _, v in post):
+        rows.append(("`POST /v1/jobs` (>= 0.25)", post, ours))
+    reads = [("one Postgres row read by its key", ratio("api_throughput.floor.select"))]
+    ours = [
+        (f"{route}", ratio(f"api_throughput.distributed.{route}")) for route in ("get_job", "get_progress")
+    ]
+    if reads[0][1]:
+        rows.append(("distributed polled GETs (>= 0.5)", reads, ours))
+    sizes = sorted(int(k.rsplit(".", 1)[1]) for k in benchmarks if k.startswith("sse_fanout.floor."))
+    if sizes:
+        floor = [(f"bare sse-starlette, {n} streams", spread(f"sse_fanout.floor.{n}")) for n in sizes]
+        ours = [(f"{n} streams", spread(f"sse_fanout.{n}")) for n in sizes]
+        rows.append(("SSE fan-out p95 spread (<= 50 ms)", floor, ours))
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Floors: what this machine leaves of a target",
+        "",
+        "A floor is the ceiling app doing only the least its route must (bench/ceiling_app.py): where a",
+        "floor already misses a target, no implementation doing that work meets it with this stack on",
+        "this machine (2 cores shared by the load, the server and Postgres).",
+        "",
+        "| Target | Floors | Ours |",
+        "| --- | --- | --- |",
+    ]
+    for target, floors, results in rows:
+        cells = [
+            ", ".join(f"{what}: {value}" for what, value in pairs if value) for pairs in (floors, results)
+        ]
+        lines.append(f"| {target} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
 def write_doc(data: dict[str, Any]) -> Path:
     """docs/benchmarks.md: per benchmark its median, p95, ratio, target and verdict, details, the
     machine, the DF_MAX_BATCH decision and the paper model."""
@@ -214,6 +267,7 @@ def write_doc(data: dict[str, Any]) -> Path:
         p95 = f"{r['p95']:.1f}" if r.get("p95") is not None else ""
         verdict = "pass" if r["passed"] else "**fail**"
         lines.append(f"| `{name}` | {median} | {p95} | {r['ratio']:.3f} | {r['target']} | {verdict} |")
+    lines += _floors(benchmarks)
     lines += ["", "## Details", ""]
     for name, r in benchmarks.items():
         lines.append(f"- `{name}`: " + "; ".join(f"{k} {_cell(v)}" for k, v in r.get("details", {}).items()))
