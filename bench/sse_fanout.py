@@ -381,6 +381,23 @@ def _clients(url: str, n: int, limit: float) -> Iterator[list[subprocess.Popen[s
             proc.wait()
 
 
+def _await_ready(procs: list[subprocess.Popen[str]]) -> None:
+    """Until every client process says its streams are connected (each has its first event)."""
+    for proc in procs:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("a client process ended before its streams connected")
+
+
+def _collect(procs: list[subprocess.Popen[str]], limit: float) -> list[dict[str, Any]]:
+    """What every stream of the client processes received, once they have ended."""
+    streams: list[dict[str, Any]] = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=limit)
+        streams += json.loads(out)
+    return streams
+
+
 def _log_problems(log: Path, since: int) -> dict[str, Any]:
     """Server log lines past byte `since` that tell of trouble: errors, warnings, refused or failed calls."""
     text = log.read_bytes()[since:].decode(errors="replace")
@@ -406,10 +423,7 @@ def measure(root: str, pid: int, n: int, steps: int, log: Path) -> Crowd:
     started = time.perf_counter()
     limit = CONNECT_LIMIT_SECONDS + JOB_LIMIT_SECONDS + 30.0
     with _clients(f"{root}/v1/jobs/{job}/progress/stream", n, limit) as procs:
-        for proc in procs:
-            assert proc.stdout is not None
-            if proc.stdout.readline().strip() != "ready":
-                raise RuntimeError("a client process ended before its streams connected")
+        _await_ready(procs)
         crowd.connect_seconds = time.perf_counter() - started
         status = httpx.get(f"{root}/v1/jobs/{job}", timeout=30).json()["status"]
         if status != "queued":
@@ -419,9 +433,7 @@ def measure(root: str, pid: int, n: int, steps: int, log: Path) -> Crowd:
         crowd.go = time.perf_counter()
         httpx.post(f"{root}/v1/jobs/{blocker}/cancel", timeout=30).raise_for_status()
         crowd.job_status = _wait_finished(root, job, JOB_LIMIT_SECONDS)
-        for proc in procs:
-            out, _ = proc.communicate(timeout=limit)
-            crowd.streams += json.loads(out)
+        crowd.streams = _collect(procs, limit)
     crowd.reference = _replay(root, job)
     crowd.server_log = _log_problems(log, log_start)
     _say(f"{n} clients: the job is {crowd.job_status} after {time.perf_counter() - crowd.go:.1f} s")
@@ -439,10 +451,7 @@ def measure_floor(n: int, data_dir: Path) -> Crowd:
         started = time.perf_counter()
         limit = CONNECT_LIMIT_SECONDS + JOB_LIMIT_SECONDS
         with _clients(f"{root}/floor/stream", n, limit) as procs:
-            for proc in procs:
-                assert proc.stdout is not None
-                if proc.stdout.readline().strip() != "ready":
-                    raise RuntimeError("a client process ended before its streams connected")
+            _await_ready(procs)
             crowd.connect_seconds = time.perf_counter() - started
             _say(f"floor, {n} clients: connected in {crowd.connect_seconds:.1f} s; sending frames")
             time.sleep(1.0)
@@ -451,9 +460,7 @@ def measure_floor(n: int, data_dir: Path) -> Crowd:
                 for kind in ["progress"] * FLOOR_EVENTS + ["done"]:
                     time.sleep(FLOOR_PACE_SECONDS)
                     last = int(client.post(f"{root}/floor/fire", params={"kind": kind}).json()["id"])
-            for proc in procs:
-                out, _ = proc.communicate(timeout=limit)
-                crowd.streams += json.loads(out)
+            crowd.streams = _collect(procs, limit)
         crowd.reference = list(range(1, last + 1))
         crowd.server_log = _log_problems(log, 0)
     return crowd
