@@ -7,7 +7,7 @@ last client receiving the same event is <= 50 ms. Reported beside it: the server
 How:
 
 - One `dreamforge serve` (embedded: SQLite, the in-process worker, the tiny random-weight model) per
-  crowd, fresh, so the memory of one crowd's streams is not reused by the next (smoke runs share one).
+  crowd, fresh, so the memory of one crowd's streams is not reused by the next (a smoke run has one crowd).
 - A long "blocker" job keeps the single worker busy, so the measured job stays queued while the crowd
   connects; every client gets the queued job's history and waits. The server's RSS (`/proc/PID/status`)
   is read before the crowd connects and once every client has the history: (after - before) / clients
@@ -541,7 +541,7 @@ def _server(data_dir: Path) -> Iterator[tuple[str, int, Path]]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[20, 40] if SMOKE else [500, 1000])
+    parser.add_argument("--clients", type=int, nargs="+", default=[40] if SMOKE else [500, 1000])
     parser.add_argument("--steps", type=int, default=8 if SMOKE else 60)
     parser.add_argument("--client", nargs=3, metavar=("URL", "N", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -555,16 +555,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     crowds: list[Crowd] = []
     with tempfile.TemporaryDirectory(prefix="df-bench-sse-") as tmp:
         data_dir = Path(tmp) / "var"
-        if SMOKE:
-            # One server for both crowds: quick, and smoke runs measure nothing (memory included).
+        for n in args.clients:
             with _server(data_dir) as (root, pid, log):
-                crowds = [measure(root, pid, n, args.steps, log) for n in args.clients]
-        else:
-            for n in args.clients:
-                with _server(data_dir) as (root, pid, log):
-                    crowds.append(measure(root, pid, n, args.steps, log))
-        # A smoke run keeps the floor's code working with one crowd.
-        for n in args.clients[-1:] if SMOKE else args.clients:
+                crowds.append(measure(root, pid, n, args.steps, log))
+        for n in args.clients:
             crowds.append(measure_floor(n, data_dir))
     for crowd in crowds:
         record(summarize(crowd))
