@@ -205,17 +205,15 @@ def _floors(benchmarks: dict[str, Any]) -> list[str]:
 
     rows = []
     post = [
-        (what, ratio(f"api_throughput.floor.{key}"))
-        for key, what in (("validate", "body validated"), ("insert", "+ one durable Postgres insert"))
+        ("body validated", ratio("api_throughput.floor.validate")),
+        ("+ one durable Postgres insert", ratio("api_throughput.floor.insert")),
+        ("validated + one Celery publish", ratio("api_throughput.floor.publish")),
     ]
-    post += [("validated + one Celery publish", ratio("api_throughput.floor.publish"))]
     ours = [(t, ratio(f"api_throughput.{t}.create_job")) for t in ("embedded", "distributed")]
     if any(v for _, v in post):
         rows.append(("`POST /v1/jobs` (>= 0.25)", post, ours))
     reads = [("one Postgres row read by its key", ratio("api_throughput.floor.select"))]
-    ours = [
-        (f"{route}", ratio(f"api_throughput.distributed.{route}")) for route in ("get_job", "get_progress")
-    ]
+    ours = [(route, ratio(f"api_throughput.distributed.{route}")) for route in ("get_job", "get_progress")]
     if reads[0][1]:
         rows.append(("distributed polled GETs (>= 0.5)", reads, ours))
     sizes = sorted(int(k.rsplit(".", 1)[1]) for k in benchmarks if k.startswith("sse_fanout.floor."))
